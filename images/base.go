@@ -1,0 +1,205 @@
+// Package images builds the guest's initramfs.
+//
+// An image has two parts, concatenated into one file (the kernel unpacks a
+// series of cpio archives in order):
+//
+//   - the base: u-root's init and the vmtest guest agent, built with u-root's
+//     image builder as a library and cached by the hash of their sources, so a
+//     second run does not rebuild;
+//   - the overlay: what one run needs (the job, its test binaries, kernel
+//     modules, testdata), written fresh for every run.
+package images
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/u-root/gobusybox/src/pkg/golang"
+	"github.com/u-root/mkuimage/uimage"
+	"github.com/u-root/mkuimage/uimage/builder"
+	"github.com/u-root/uio/llog"
+)
+
+// Go packages that make up the base image.
+const (
+	InitPackage  = "github.com/u-root/u-root/cmds/core/init"
+	AgentPackage = "github.com/skbstore/vmtest/vmtest/cmd/vmtest-guest"
+	modulePath   = "github.com/skbstore/vmtest"
+)
+
+// BaseOptions configures Base.
+type BaseOptions struct {
+	// CacheDir holds built images; required.
+	CacheDir string
+	// SourceDir is a directory inside a Go module that can build
+	// AgentPackage and InitPackage: this project's checkout or a module that
+	// requires it. Empty means $VMTEST_SRC, else the current directory's
+	// module if it provides this project, else an error that says so.
+	SourceDir string
+	// Progress receives a line per long step; nil discards.
+	Progress io.Writer
+}
+
+// Base returns the path of the cached base image, building it first when its
+// inputs changed.
+func Base(ctx context.Context, opts BaseOptions) (string, error) {
+	if opts.CacheDir == "" {
+		return "", errors.New("base image: no cache directory")
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	src, err := sourceDir(ctx, opts.SourceDir)
+	if err != nil {
+		return "", fmt.Errorf("base image: %w", err)
+	}
+	key, err := sourceKey(ctx, src)
+	if err != nil {
+		return "", fmt.Errorf("base image: %w", err)
+	}
+	path := filepath.Join(opts.CacheDir, "base-"+key[:24]+".cpio")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("base image: %w", err)
+	}
+	fmt.Fprintf(progress, "building guest image (u-root init + vmtest-guest)...\n")
+	tmpDir, err := os.MkdirTemp(opts.CacheDir, "build-")
+	if err != nil {
+		return "", fmt.Errorf("base image: %w", err)
+	}
+	defer os.RemoveAll(tmpDir)
+	tmp := filepath.Join(tmpDir, "base.cpio")
+
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src))
+	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
+	err = uimage.Create(logger,
+		uimage.WithReplaceEnv(env),
+		uimage.WithTempDir(tmpDir),
+		uimage.WithSkipLDD(),
+		uimage.WithBaseArchive(uimage.DefaultRamfs()),
+		uimage.WithCommands(&golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}, builder.Binary, InitPackage, AgentPackage),
+		uimage.WithInit("init"),
+		uimage.WithUinit("vmtest-guest"),
+		uimage.WithCPIOOutput(tmp),
+	)
+	if err != nil {
+		return "", fmt.Errorf("build base image with u-root: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("base image: %w", err)
+	}
+	return path, nil
+}
+
+func goarch() string {
+	if a := os.Getenv("GOARCH"); a != "" {
+		return a
+	}
+	return runtime.GOARCH
+}
+
+func sourceDir(ctx context.Context, dir string) (string, error) {
+	if dir == "" {
+		dir = os.Getenv("VMTEST_SRC")
+	}
+	if dir != "" {
+		return dir, nil
+	}
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", modulePath)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		return "", fmt.Errorf("cannot find the source of %s to build the guest agent from the current directory "+
+			"(%s); run from a checkout of it, from a module that requires it, or set VMTEST_SRC to a checkout",
+			modulePath, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// listedPackage is the part of `go list -json` output that sourceKey reads.
+type listedPackage struct {
+	ImportPath string
+	Dir        string
+	GoFiles    []string
+	Standard   bool
+	Module     *struct {
+		Path    string
+		Version string
+		Sum     string
+		Main    bool
+		Replace *struct{ Path, Version, Dir string }
+	}
+}
+
+// sourceKey hashes everything the base image is built from: the Go version,
+// the versions of dependency modules and the content of local sources. It
+// costs one `go list`, much less than building.
+func sourceKey(ctx context.Context, dir string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "list", "-deps", "-json", InitPackage, AgentPackage)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list guest packages in %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "vmtest-base-v1 %s %s\n", goVersion(ctx), goarch())
+	dec := json.NewDecoder(bytes.NewReader(out))
+	var lines []string
+	for dec.More() {
+		var p listedPackage
+		if err := dec.Decode(&p); err != nil {
+			return "", fmt.Errorf("parse go list output: %w", err)
+		}
+		if p.Standard {
+			continue
+		}
+		m := p.Module
+		if m != nil && !m.Main && m.Replace == nil && m.Version != "" {
+			lines = append(lines, fmt.Sprintf("%s %s@%s %s", p.ImportPath, m.Path, m.Version, m.Sum))
+			continue
+		}
+		// Local code: hash file contents.
+		sort.Strings(p.GoFiles)
+		for _, f := range p.GoFiles {
+			b, err := os.ReadFile(filepath.Join(p.Dir, f))
+			if err != nil {
+				return "", err
+			}
+			sum := sha256.Sum256(b)
+			lines = append(lines, fmt.Sprintf("%s/%s %x", p.ImportPath, f, sum))
+		}
+	}
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Fprintln(h, l)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func goVersion(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	if err != nil {
+		return runtime.Version()
+	}
+	return strings.TrimSpace(string(out))
+}

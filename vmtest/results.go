@@ -1,0 +1,167 @@
+package vmtest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/skbstore/vmtest/vmtest/internal/proto"
+)
+
+// resultReader turns frames from the result port into a Result, writing
+// output and artifacts to disk as they arrive so a run that dies midway keeps
+// everything the guest had sent.
+type resultReader struct {
+	res     *Result
+	opts    Options
+	start   time.Time
+	outputs map[string]*os.File
+	dmesg   string
+	done    bool
+	hello   bool
+	current string // command running now, for messages about where a guest died
+}
+
+func newResultReader(res *Result, opts Options, start time.Time) *resultReader {
+	return &resultReader{res: res, opts: opts, start: start, outputs: map[string]*os.File{}}
+}
+
+func (r *resultReader) read(conn io.Reader) {
+	pr := proto.NewReader(conn)
+	for {
+		f, err := pr.Next()
+		if err != nil {
+			var ce *proto.CorruptError
+			if errors.As(err, &ce) {
+				r.res.ProtocolErrors = append(r.res.ProtocolErrors, ce.Error())
+			} else {
+				if !errors.Is(err, io.EOF) {
+					r.res.ProtocolErrors = append(r.res.ProtocolErrors, err.Error())
+				}
+				return
+			}
+		}
+		if f.Type != "" {
+			r.handle(f)
+		}
+	}
+}
+
+func (r *resultReader) command(id string) *CommandResult {
+	for i := range r.res.Commands {
+		if r.res.Commands[i].ID == id {
+			return &r.res.Commands[i]
+		}
+	}
+	r.res.Commands = append(r.res.Commands, CommandResult{ID: id})
+	return &r.res.Commands[len(r.res.Commands)-1]
+}
+
+func (r *resultReader) handle(f proto.Frame) {
+	switch f.Type {
+	case proto.TypeHello:
+		var h proto.Hello
+		if err := json.Unmarshal(f.Payload, &h); err != nil {
+			r.protoErr("hello: %v", err)
+			return
+		}
+		r.hello = true
+		r.res.Release = h.Release
+		r.res.Boot = time.Since(r.start)
+	case proto.TypeStart:
+		r.command(f.Name)
+		r.current = f.Name
+	case proto.TypeOutput:
+		c := r.command(f.Name)
+		c.Output = append(c.Output, f.Payload...)
+		if r.opts.Output != nil {
+			_, _ = r.opts.Output.Write(f.Payload)
+		}
+		r.outputFile(f.Name).Write(f.Payload)
+	case proto.TypeExit:
+		var ex proto.Exit
+		if err := json.Unmarshal(f.Payload, &ex); err != nil {
+			r.protoErr("exit of %s: %v", f.Name, err)
+			return
+		}
+		r.command(f.Name).Exit = &ex
+		r.current = ""
+	case proto.TypeFile:
+		name, err := proto.UnescapeName(f.Name)
+		if err != nil || !filepath.IsLocal(name) {
+			r.protoErr("artifact with bad name %q", f.Name)
+			return
+		}
+		p := filepath.Join(r.res.OutDir, "artifacts", name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+			err = os.WriteFile(p, f.Payload, 0o644)
+		}
+		if err != nil {
+			r.protoErr("save artifact %s: %v", name, err)
+			return
+		}
+		r.res.Files = append(r.res.Files, name)
+	case proto.TypeDmesg:
+		r.dmesg = string(f.Payload)
+		_ = os.WriteFile(filepath.Join(r.res.OutDir, "dmesg.log"), f.Payload, 0o644)
+	case proto.TypeLog:
+		r.res.Log = append(r.res.Log, string(f.Payload))
+		if r.opts.Progress != nil {
+			fmt.Fprintf(r.opts.Progress, "guest: %s\n", f.Payload)
+		}
+	case proto.TypeDone:
+		r.done = true
+	default:
+		r.protoErr("unknown frame type %q", f.Type)
+	}
+}
+
+func (r *resultReader) outputFile(id string) io.Writer {
+	if f, ok := r.outputs[id]; ok {
+		return f
+	}
+	f, err := os.Create(filepath.Join(r.res.OutDir, id+".out"))
+	if err != nil {
+		r.protoErr("save output of %s: %v", id, err)
+		return io.Discard
+	}
+	r.outputs[id] = f
+	return f
+}
+
+func (r *resultReader) protoErr(format string, args ...any) {
+	r.res.ProtocolErrors = append(r.res.ProtocolErrors, fmt.Sprintf(format, args...))
+}
+
+func (r *resultReader) finish() {
+	for _, f := range r.outputs {
+		f.Close()
+	}
+}
+
+// stage says how far the guest got, for failure messages.
+func (r *resultReader) stage() string {
+	switch {
+	case !r.hello:
+		return "; the guest agent never started"
+	case r.current != "":
+		return "; while running " + r.current
+	case r.done:
+		return ""
+	}
+	var ran []string
+	for _, c := range r.res.Commands {
+		if c.Exit != nil {
+			ran = append(ran, c.ID)
+		}
+	}
+	if len(ran) == 0 {
+		return "; before the first command finished"
+	}
+	return "; after " + strings.Join(ran, ", ")
+}

@@ -1,0 +1,443 @@
+// Package vmtest runs commands, usually Go test binaries, inside a Linux
+// kernel under QEMU and brings back their output, exit status, artifacts and
+// the guest's kernel log.
+//
+// The guest is a u-root initramfs (see package images) whose agent reports
+// over a serial port reserved for results, so nothing the kernel prints can
+// corrupt them. The console is kept as a log and scanned for panics and kernel
+// splats; a guest that panics, hangs or stops without reporting fails the run
+// with the last console lines, never passes it.
+package vmtest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/vmtest/internal/proto"
+)
+
+// Command is a program to run in the guest.
+type Command struct {
+	// ID names the command in results and artifact paths: letters, digits,
+	// '.', '_' and '-'.
+	ID string
+	// Binary is the host path of a static executable to copy into the guest.
+	Binary string
+	Args   []string
+	// Dir is the working directory in the guest ("/" when empty).
+	Dir string
+}
+
+// Options configures Run.
+type Options struct {
+	// Kernel is the host path of the bzImage to boot.
+	Kernel string
+	// BaseImage is the base initramfs from images.Base.
+	BaseImage string
+	// Commands run one after the other in the guest.
+	Commands []Command
+	// Modules are kernel modules to load before the first command, in load
+	// order.
+	Modules []Module
+	// Files are extra files for the guest (testdata and the like).
+	Files []images.File
+	// Env is added to each command's environment in the guest.
+	Env []string
+
+	// OutDir receives console.log, dmesg.log, the output of each command,
+	// artifacts/ and result.json. Required.
+	OutDir string
+
+	// Accel is "", "auto", "kvm" or "tcg".
+	Accel string
+	// QEMU is the qemu-system binary; "" means $VMTEST_QEMU or
+	// qemu-system-x86_64 from $PATH.
+	QEMU string
+	// MemoryMB and CPUs size the guest; 0 means 512 MiB and 1 CPU.
+	MemoryMB int
+	CPUs     int
+	// Timeout bounds the whole run, boot included; 0 means 10 minutes.
+	Timeout time.Duration
+	// Append is added to the kernel command line.
+	Append string
+
+	// Console, when set, receives a live copy of the guest console.
+	Console io.Writer
+	// Output, when set, receives a live copy of command output.
+	Output io.Writer
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+}
+
+// Module is a kernel module file to put in the image and load.
+type Module struct {
+	Name string
+	// Host is the module file on the host; it may be compressed.
+	Host string
+	// Guest is where it goes in the guest, usually under /lib/modules.
+	Guest string
+}
+
+// Failure kinds of a guest that did not finish normally.
+const (
+	FailPanic    = "kernel panic"
+	FailTimeout  = "timeout"
+	FailNoReport = "no report"
+	FailQEMU     = "qemu"
+)
+
+// Failure describes a run whose guest did not finish normally.
+type Failure struct {
+	Kind    string
+	Message string
+	// Console holds the last console lines before the failure.
+	Console []string
+}
+
+func (f *Failure) Error() string { return f.Kind + ": " + f.Message }
+
+// CommandResult is what one command produced.
+type CommandResult struct {
+	ID string
+	// Exit is nil when the guest never reported the command finished.
+	Exit *proto.Exit
+	// Output is the command's stdout and stderr; it is also in OutDir/<ID>.out.
+	Output []byte `json:"-"`
+}
+
+// Result is the outcome of one boot.
+type Result struct {
+	Accel AccelChoice
+	// Release is the guest's `uname -r`, empty if the agent never started.
+	Release string
+	// Boot is the time from QEMU start to the agent's first report.
+	Boot     time.Duration
+	Duration time.Duration
+	Commands []CommandResult
+	// Log holds the agent's own messages (a module that failed to load...).
+	Log    []string
+	Splats []Splat
+	// Failure is set when the guest did not finish normally.
+	Failure *Failure
+	// ProtocolErrors lists damage seen on the result port.
+	ProtocolErrors []string
+	// Files are the artifacts received, relative to OutDir/artifacts.
+	Files  []string
+	OutDir string
+}
+
+// Err returns nil only when the guest finished normally, no splat was seen
+// and every command exited 0. Otherwise it says what went wrong.
+func (r *Result) Err() error {
+	var msgs []string
+	if r.Failure != nil {
+		msgs = append(msgs, r.Failure.Error())
+	}
+	for _, s := range r.Splats {
+		msgs = append(msgs, fmt.Sprintf("kernel %s: %s", s.Kind, s.Line))
+	}
+	for _, c := range r.Commands {
+		switch {
+		case c.Exit == nil:
+			if r.Failure == nil {
+				msgs = append(msgs, fmt.Sprintf("%s: never reported", c.ID))
+			}
+		case c.Exit.Error != "":
+			msgs = append(msgs, fmt.Sprintf("%s: %s", c.ID, c.Exit.Error))
+		case c.Exit.Code != 0:
+			msgs = append(msgs, fmt.Sprintf("%s: exit status %d", c.ID, c.Exit.Code))
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+const guestBinDir = "/vmtest/bin"
+
+// Run boots the kernel with the commands and waits for the guest to finish,
+// fail or time out. The returned error is for problems on the host (no QEMU,
+// an unreadable file); what happened in the guest is in the Result, which is
+// also written to OutDir/result.json.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	if opts.OutDir == "" {
+		return nil, errors.New("vmtest: no output directory")
+	}
+	if opts.Kernel == "" {
+		return nil, errors.New("vmtest: no kernel")
+	}
+	if _, err := os.Stat(opts.Kernel); err != nil {
+		return nil, fmt.Errorf("vmtest: kernel: %w", err)
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("vmtest: %w", err)
+	}
+	qemu, err := findQEMU(opts.QEMU)
+	if err != nil {
+		return nil, err
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Minute
+	}
+
+	initrd := filepath.Join(opts.OutDir, "initramfs.cpio")
+	if err := writeImage(initrd, opts); err != nil {
+		return nil, err
+	}
+	defer os.Remove(initrd)
+
+	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "accelerator: %s\n", accel)
+
+	res := &Result{Accel: accel, OutDir: opts.OutDir}
+	for _, c := range opts.Commands {
+		res.Commands = append(res.Commands, CommandResult{ID: c.ID})
+	}
+	err = boot(ctx, qemu, initrd, accel, opts, res)
+	if werr := writeResult(res); werr != nil && err == nil {
+		err = werr
+	}
+	return res, err
+}
+
+func findQEMU(q string) (string, error) {
+	if q == "" {
+		q = os.Getenv("VMTEST_QEMU")
+	}
+	if q == "" {
+		q = "qemu-system-x86_64"
+	}
+	p, err := exec.LookPath(q)
+	if err != nil {
+		return "", fmt.Errorf("vmtest: %s not found: install it (Debian/Ubuntu: apt-get install qemu-system-x86) or set VMTEST_QEMU", q)
+	}
+	return p, nil
+}
+
+func writeImage(dst string, opts Options) error {
+	job := proto.Job{Env: opts.Env}
+	var files []images.File
+	for _, c := range opts.Commands {
+		if !validID(c.ID) {
+			return fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-'", c.ID)
+		}
+		guest := guestBinDir + "/" + c.ID
+		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755})
+		job.Commands = append(job.Commands, proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir})
+	}
+	for _, m := range opts.Modules {
+		files = append(files, images.File{Guest: m.Guest, Host: m.Host})
+		job.Modules = append(job.Modules, m.Guest)
+	}
+	files = append(files, opts.Files...)
+	b, err := json.MarshalIndent(job, "", "  ")
+	if err != nil {
+		return err
+	}
+	files = append(files, images.File{Guest: proto.JobPath, Data: b})
+	if opts.BaseImage == "" {
+		return errors.New("vmtest: no base image")
+	}
+	return images.Write(dst, opts.BaseImage, files)
+}
+
+func validID(id string) bool {
+	if id == "" {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []string {
+	mem, cpus := opts.MemoryMB, opts.CPUs
+	if mem == 0 {
+		mem = 512
+	}
+	if cpus == 0 {
+		cpus = 1
+	}
+	cmdline := []string{
+		"console=ttyS0,115200",
+		"panic=-1",            // reboot at once on panic; -no-reboot turns that into QEMU exiting
+		"random.trust_cpu=on", // do not wait for entropy: old kernels block getrandom until then
+		"UROOT_NOHWRNG=1",     // u-root's init need not look for a hardware RNG
+		"printk.devkmsg=on",
+	}
+	if opts.Append != "" {
+		cmdline = append(cmdline, opts.Append)
+	}
+	args := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-M", "q35", "-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus),
+	}
+	args = append(args, accel.qemuArgs()...)
+	args = append(args,
+		"-kernel", opts.Kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+		"-chardev", fmt.Sprintf("socket,id=res,fd=%d", resultFD), "-serial", "chardev:res",
+	)
+	return args
+}
+
+func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Options, res *Result) error {
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("vmtest: result port: %w", err)
+	}
+	hostEnd := os.NewFile(uintptr(fds[0]), "result-port")
+	guestEnd := os.NewFile(uintptr(fds[1]), "result-port-qemu")
+	defer hostEnd.Close()
+	hostConn, err := net.FileConn(hostEnd)
+	if err != nil {
+		guestEnd.Close()
+		return fmt.Errorf("vmtest: result port: %w", err)
+	}
+	defer hostConn.Close()
+
+	consoleLog, err := os.Create(filepath.Join(opts.OutDir, "console.log"))
+	if err != nil {
+		guestEnd.Close()
+		return fmt.Errorf("vmtest: %w", err)
+	}
+	defer consoleLog.Close()
+
+	// QEMU gets the guest end as fd 3 (the first of ExtraFiles).
+	cmd := exec.Command(qemu, qemuArgs(opts, accel, initrd, 3)...)
+	cmd.ExtraFiles = []*os.File{guestEnd}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		guestEnd.Close()
+		return fmt.Errorf("vmtest: %w", err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &limitedWriter{w: &stderr, n: 64 << 10}
+
+	con := newConsole(40)
+	var conOut io.Writer = consoleLog
+	if opts.Console != nil {
+		conOut = io.MultiWriter(consoleLog, opts.Console)
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		guestEnd.Close()
+		return fmt.Errorf("vmtest: start %s: %w", qemu, err)
+	}
+	guestEnd.Close()
+
+	consoleDone := make(chan struct{})
+	go func() {
+		con.copy(stdout, conOut)
+		close(consoleDone)
+	}()
+	rr := newResultReader(res, opts, start)
+	resultsDone := make(chan struct{})
+	go func() {
+		rr.read(hostConn)
+		close(resultsDone)
+	}()
+
+	waitDone := make(chan error, 1)
+	go func() { waitDone <- cmd.Wait() }()
+
+	var waitErr error
+	timedOut := false
+	select {
+	case waitErr = <-waitDone:
+	case <-ctx.Done():
+		timedOut = true
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		waitErr = <-waitDone
+	}
+	// QEMU is gone: its end of the result port is closed, so the reader sees
+	// EOF once it has drained what the guest sent.
+	<-consoleDone
+	select {
+	case <-resultsDone:
+	case <-time.After(5 * time.Second):
+		hostConn.Close()
+		<-resultsDone
+	}
+	res.Duration = time.Since(start)
+	rr.finish()
+
+	seen := map[string]bool{}
+	if b, err := os.ReadFile(consoleLog.Name()); err == nil {
+		res.Splats = append(res.Splats, scanSplats(string(b), seen)...)
+	}
+	res.Splats = append(res.Splats, scanSplats(rr.dmesg, seen)...)
+
+	tail := con.tail()
+	switch {
+	case con.panicLine() != "":
+		res.Failure = &Failure{Kind: FailPanic, Message: con.panicLine(), Console: tail}
+	case timedOut && ctx.Err() == context.DeadlineExceeded:
+		res.Failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("guest did not finish within %s (hung?)%s", opts.Timeout, rr.stage()), Console: tail}
+	case timedOut:
+		res.Failure = &Failure{Kind: FailTimeout, Message: "run cancelled" + rr.stage(), Console: tail}
+	case !rr.done:
+		msg := "guest stopped without reporting" + rr.stage()
+		if waitErr != nil {
+			if s := firstLine(stderr.String()); s != "" {
+				res.Failure = &Failure{Kind: FailQEMU, Message: fmt.Sprintf("%v: %s", waitErr, s), Console: tail}
+				break
+			}
+			msg += fmt.Sprintf(" (qemu: %v)", waitErr)
+		}
+		res.Failure = &Failure{Kind: FailNoReport, Message: msg, Console: tail}
+	}
+	return nil
+}
+
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n <= 0 {
+		return len(p), nil
+	}
+	q := p
+	if len(q) > l.n {
+		q = q[:l.n]
+	}
+	l.n -= len(q)
+	_, err := l.w.Write(q)
+	return len(p), err
+}
+
+func writeResult(res *Result) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(res.OutDir, "result.json"), b, 0o644)
+}

@@ -1,0 +1,74 @@
+// Package sample holds guest tests for vmtest's own integration tests: one
+// that passes, one that fails on purpose, and guests that panic or hang. They
+// skip unless run inside a vmtest guest, and each one only when asked for.
+package sample
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func guestOnly(t *testing.T) {
+	if os.Getenv("VMTEST_GUEST") != "1" {
+		t.Skip("runs only inside a vmtest guest")
+	}
+}
+
+func TestPass(t *testing.T) {
+	guestOnly(t)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel %s", unix.ByteSliceToString(u.Release[:]))
+	if dir := os.Getenv("VMTEST_ARTIFACTS"); dir != "" {
+		if err := os.WriteFile(dir+"/uname.txt", []byte(unix.ByteSliceToString(u.Release[:])), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestFailOnPurpose(t *testing.T) {
+	guestOnly(t)
+	t.Error("this test fails on purpose")
+}
+
+func TestSkip(t *testing.T) {
+	guestOnly(t)
+	t.Skip("skipped on purpose")
+}
+
+// TestPanicKernel crashes the guest kernel through sysrq.
+func TestPanicKernel(t *testing.T) {
+	guestOnly(t)
+	if err := os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0o200); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Minute)
+	t.Fatal("the guest survived sysrq-c")
+}
+
+// TestHang blocks for ever, ignoring the signals the test timeout would use.
+func TestHang(t *testing.T) {
+	guestOnly(t)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// TestWarn makes the kernel print a WARNING-style splat via /dev/kmsg, which
+// the runner must report even though the test passes.
+func TestWarn(t *testing.T) {
+	guestOnly(t)
+	msg := "<4>WARNING: CPU: 0 PID: 1 at vmtest/sample: deliberate splat for the runner's test\n"
+	if !strings.HasPrefix(msg, "<4>") {
+		t.Fatal("bad message")
+	}
+	if err := os.WriteFile("/dev/kmsg", []byte(msg), 0o200); err != nil {
+		t.Fatal(err)
+	}
+}
