@@ -3,9 +3,12 @@ package vmtest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,12 +48,79 @@ var (
 	probeCache = map[string]AccelChoice{}
 )
 
+// ProbeCacheFile, when set, keeps KVM probe results across processes, so
+// that each `vmtest exec` of a go test run does not pay for its own probe.
+// An entry holds for a day and only for the same QEMU binary and host kernel.
+var ProbeCacheFile string
+
+const probeTTL = 24 * time.Hour
+
+type probeRecord struct {
+	Key    string
+	Choice AccelChoice
+	Time   time.Time
+}
+
+// probeKey identifies what a probe's answer depends on.
+func probeKey(qemu string) string {
+	var uts syscall.Utsname
+	_ = syscall.Uname(&uts)
+	rel := make([]byte, 0, len(uts.Release))
+	for _, c := range uts.Release {
+		if c == 0 {
+			break
+		}
+		rel = append(rel, byte(c))
+	}
+	mtime := ""
+	if st, err := os.Stat(qemu); err == nil {
+		mtime = st.ModTime().UTC().Format(time.RFC3339Nano)
+	}
+	return qemu + " " + mtime + " " + string(rel)
+}
+
+func loadProbe(key string) (AccelChoice, bool) {
+	if ProbeCacheFile == "" {
+		return AccelChoice{}, false
+	}
+	b, err := os.ReadFile(ProbeCacheFile)
+	if err != nil {
+		return AccelChoice{}, false
+	}
+	var r probeRecord
+	if json.Unmarshal(b, &r) != nil || r.Key != key || time.Since(r.Time) > probeTTL || r.Choice.Name == "" {
+		return AccelChoice{}, false
+	}
+	r.Choice.Reason += " (probed " + r.Time.Format(time.RFC3339) + ")"
+	return r.Choice, true
+}
+
+func saveProbe(key string, c AccelChoice) {
+	if ProbeCacheFile == "" {
+		return
+	}
+	b, _ := json.Marshal(probeRecord{Key: key, Choice: c, Time: time.Now()})
+	if err := os.MkdirAll(filepath.Dir(ProbeCacheFile), 0o755); err != nil {
+		return
+	}
+	tmp := ProbeCacheFile + ".tmp" + strconv.Itoa(os.Getpid())
+	if os.WriteFile(tmp, b, 0o644) == nil {
+		_ = os.Rename(tmp, ProbeCacheFile)
+	}
+}
+
 // ChooseAccel decides the accelerator: want is AccelKVM or AccelTCG to force
 // one, or "" / AccelAuto to probe. $VMTEST_ACCEL overrides an empty want.
 // The probe boots kernel under KVM and waits for its first console line: on
 // some hosts /dev/kvm opens but guests abort or hang, so only a real boot
-// tells. The answer is remembered for the life of the process.
+// tells. The answer is remembered for the life of the process, and in
+// ProbeCacheFile when set.
 func ChooseAccel(ctx context.Context, qemu, kernel, want string) (AccelChoice, error) {
+	q, err := findQEMU(qemu)
+	if err != nil {
+		return AccelChoice{}, err
+	}
+	qemu = q
 	if want == "" || want == AccelAuto {
 		want = os.Getenv("VMTEST_ACCEL")
 	}
@@ -69,13 +139,20 @@ func ChooseAccel(ctx context.Context, qemu, kernel, want string) (AccelChoice, e
 	}
 	f.Close()
 
-	key := qemu + "\x00" + kernel
+	key := probeKey(qemu)
 	probeMu.Lock()
 	defer probeMu.Unlock()
 	if c, ok := probeCache[key]; ok {
 		return c, nil
 	}
-	c := probeKVM(ctx, qemu, kernel)
+	c, ok := loadProbe(key)
+	if !ok {
+		c = probeKVM(ctx, qemu, kernel)
+		if ctx.Err() != nil {
+			return AccelChoice{}, ctx.Err()
+		}
+		saveProbe(key, c)
+	}
 	probeCache[key] = c
 	return c, nil
 }

@@ -1,0 +1,36 @@
+# make vmtest   runs the suites in a guest kernel (KERNEL=6.1 by default)
+# make test     runs the project's own tests (they boot real kernels too)
+
+KERNEL      ?= 6.1
+GO          ?= go
+SUITES      ?= ./suites/...
+# Modules the suites need in the guest, loaded with their dependencies.
+MODULES     ?= veth
+VMTEST_ARGS ?=
+TESTFLAGS   ?=
+VMTEST      := bin/vmtest
+
+.PHONY: all vmtest test test-short deps bin/vmtest help
+
+all: help
+
+help:
+	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel"
+	@echo "make test                  run the project's tests"
+
+deps:
+	@ci/deps.sh
+
+# Always rebuilt: go's build cache makes it cheap, and a stale runner lies.
+bin/vmtest:
+	CGO_ENABLED=0 $(GO) build -o $@ ./vmtest/cmd/vmtest
+
+vmtest: deps bin/vmtest
+	$(VMTEST) run -kernel $(KERNEL) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -timeout 60m ./... $(TESTFLAGS)
+
+test-short:
+	$(GO) test -short ./...

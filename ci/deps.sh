@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Checks the host tools that `make vmtest` and `make test` need. As root on
+# Debian/Ubuntu it installs what is missing with apt-get; otherwise it stops
+# and names exactly what to install.
+set -euo pipefail
+
+missing_pkgs=()
+need() { # need COMMAND PACKAGE
+	command -v "$1" >/dev/null 2>&1 || missing_pkgs+=("$2")
+}
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "vmtest: 'go' was not found on PATH: install Go 1.24 or newer (https://go.dev/doc/install)" >&2
+	exit 1
+fi
+need qemu-system-x86_64 qemu-system-x86
+# The kernel fetcher uses apt-get (with a private state, never the host's) and dpkg-deb.
+need apt-get apt
+need dpkg-deb dpkg
+# depmod makes modules.dep for kernels whose packages ship none (7.x).
+need depmod kmod
+
+if [ ${#missing_pkgs[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+	echo "vmtest: installing ${missing_pkgs[*]} with apt-get" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+	exit 0
+fi
+echo "vmtest: missing packages: ${missing_pkgs[*]}" >&2
+echo "vmtest: install them with: sudo apt-get install ${missing_pkgs[*]}" >&2
+exit 1

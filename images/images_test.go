@@ -1,0 +1,146 @@
+package images
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/u-root/mkuimage/cpio"
+)
+
+// readArchives reads every cpio archive concatenated in b, the way the
+// kernel's initramfs unpacker does, and returns the regular files it holds
+// (later archives override earlier ones).
+func readArchives(t *testing.T, b []byte) map[string][]byte {
+	t.Helper()
+	files := map[string][]byte{}
+	off := 0
+	for off < len(b) {
+		// Archives are 4-byte aligned; zero padding may separate them.
+		for off < len(b) && b[off] == 0 {
+			off++
+		}
+		if off >= len(b) {
+			break
+		}
+		cr := &countingReaderAt{r: bytes.NewReader(b[off:])}
+		rr := cpio.Newc.Reader(cr)
+		for {
+			rec, err := rr.ReadRecord()
+			if err == io.EOF {
+				break
+			}
+			require.NoError(t, err)
+			if rec.Mode&cpio.S_IFMT == cpio.S_IFREG {
+				data, err := io.ReadAll(io.NewSectionReader(rec.ReaderAt, 0, int64(rec.FileSize)))
+				require.NoError(t, err)
+				files[rec.Name] = data
+			}
+		}
+		require.Positive(t, cr.max, "empty archive at %d", off)
+		off += int(cr.max)
+	}
+	return files
+}
+
+type countingReaderAt struct {
+	r   *bytes.Reader
+	max int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	if end := off + int64(n); end > c.max {
+		c.max = end
+	}
+	return n, err
+}
+
+func TestWriteAppendsOverlay(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.cpio")
+	// A base whose length is not a multiple of 4 checks the padding.
+	var bb bytes.Buffer
+	w := cpio.NewDedupWriter(cpio.Newc.Writer(&bb))
+	require.NoError(t, cpio.WriteRecordsAndDirs(w, []cpio.Record{cpio.StaticFile("init", "base-init", 0o755)}))
+	require.NoError(t, cpio.WriteTrailer(w))
+	require.NoError(t, os.WriteFile(base, append(bb.Bytes(), 0), 0o644))
+
+	host := filepath.Join(dir, "prog")
+	require.NoError(t, os.WriteFile(host, []byte("#!binary"), 0o755))
+	out := filepath.Join(dir, "image.cpio")
+	require.NoError(t, Write(out, base, []File{
+		{Guest: "/vmtest/job.json", Data: []byte(`{"commands":[]}`)},
+		{Guest: "/vmtest/bin/prog", Host: host},
+		{Guest: "/lib/modules/6.1.0/kernel/net/veth.ko", Data: []byte("ko")},
+	}))
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	files := readArchives(t, b)
+	assert.Equal(t, "base-init", string(files["init"]))
+	assert.Equal(t, `{"commands":[]}`, string(files["vmtest/job.json"]))
+	assert.Equal(t, "#!binary", string(files["vmtest/bin/prog"]))
+	assert.Equal(t, "ko", string(files["lib/modules/6.1.0/kernel/net/veth.ko"]))
+}
+
+func TestWriteRejectsBadPaths(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.cpio")
+	require.NoError(t, os.WriteFile(base, nil, 0o644))
+	for _, p := range []string{"", "/", "../etc/passwd"} {
+		err := Write(filepath.Join(dir, "x.cpio"), base, []File{{Guest: p, Data: []byte("x")}})
+		assert.Error(t, err, "path %q", p)
+	}
+	assert.Error(t, Write(filepath.Join(dir, "y.cpio"), base, []File{{Guest: "/a", Host: "/nonexistent"}}))
+	assert.NoFileExists(t, filepath.Join(dir, "y.cpio"), "a failed write leaves no half image")
+}
+
+func TestDirLimitsSize(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "a"), []byte("12345"), 0o644))
+	files, err := Dir(dir, "/work/testdata", 10)
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	assert.Equal(t, "/work/testdata/sub/a", files[0].Guest)
+	_, err = Dir(dir, "/x", 4)
+	assert.Error(t, err)
+}
+
+// TestBaseIsCached builds the real base image with u-root and checks that a
+// second call reuses it.
+func TestBaseIsCached(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds u-root's init and the guest agent")
+	}
+	cache := t.TempDir()
+	ctx := context.Background()
+	var progress bytes.Buffer
+	p1, err := Base(ctx, BaseOptions{CacheDir: cache, Progress: &progress})
+	require.NoError(t, err)
+	assert.Contains(t, progress.String(), "building guest image")
+	b, err := os.ReadFile(p1)
+	require.NoError(t, err)
+	files := readArchives(t, b)
+	assert.Contains(t, files, "bin/init")
+	assert.Contains(t, files, "bin/vmtest-guest")
+
+	st1, err := os.Stat(p1)
+	require.NoError(t, err)
+	progress.Reset()
+	start := time.Now()
+	p2, err := Base(ctx, BaseOptions{CacheDir: cache, Progress: &progress})
+	require.NoError(t, err)
+	t.Logf("cached lookup took %v", time.Since(start))
+	assert.Equal(t, p1, p2)
+	assert.Empty(t, progress.String(), "second call must not rebuild")
+	st2, err := os.Stat(p2)
+	require.NoError(t, err)
+	assert.Equal(t, st1.ModTime(), st2.ModTime())
+}

@@ -1,0 +1,194 @@
+package kernels
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// debianKeyrings are tried in order for the archive's signing keys.
+var debianKeyrings = []string{
+	"/usr/share/keyrings/debian-archive-keyring.gpg",
+	"/usr/share/keyrings/debian-archive-keyring.pgp",
+}
+
+// aptRepo is a private apt setup for one kernel series under the cache:
+// its own apt.conf (read through APT_CONFIG, so none of the host's apt
+// configuration, hooks or pinning apply), sources.list, lists and cache.
+type aptRepo struct {
+	dir     string
+	sources string // sources.list content
+}
+
+// sourceID names the configured archive, so that a change of mirror or
+// keyring invalidates lists and resolutions made from the old one.
+func (a *aptRepo) sourceID() string {
+	h := sha256.Sum256([]byte(a.sources))
+	return hex.EncodeToString(h[:8])
+}
+
+func newAptRepo(c *Cache, s debSeries) (*aptRepo, error) {
+	opts := "arch=amd64 target=Packages pdiffs=no"
+	if c.insecureArchive {
+		opts += " trusted=yes" // tests: a local unsigned archive
+	} else {
+		keyring := c.Keyring
+		if keyring == "" {
+			for _, k := range debianKeyrings {
+				if _, err := os.Stat(k); err == nil {
+					keyring = k
+					break
+				}
+			}
+		}
+		if keyring == "" {
+			return nil, errors.New("no Debian archive keyring to verify packages with: install the debian-archive-keyring package (or set Cache.Keyring)")
+		}
+		opts += " signed-by=" + keyring
+	}
+	var b strings.Builder
+	for _, suite := range s.suites {
+		mirror := c.mirror()
+		if suite.security {
+			mirror = c.securityMirror()
+		}
+		fmt.Fprintf(&b, "deb [%s] %s %s main\n", opts, mirror, suite.name)
+	}
+	return &aptRepo{dir: filepath.Join(c.kernelsDir(), "apt", s.version), sources: b.String()}, nil
+}
+
+// setup writes the private configuration.
+func (a *aptRepo) setup() error {
+	for _, d := range []string{"empty", "lists/partial", "cache/archives/partial", "state"} {
+		if err := os.MkdirAll(filepath.Join(a.dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if strings.ContainsAny(a.dir, "\"\n") {
+		return fmt.Errorf("cache directory %q: apt cannot use a path with quotes or newlines", a.dir)
+	}
+	conf := fmt.Sprintf(`Dir::Etc::Parts "%[1]s/empty";
+Dir::Etc::Main "/dev/null";
+Dir::Etc::SourceList "%[1]s/sources.list";
+Dir::Etc::SourceParts "%[1]s/empty";
+Dir::Etc::Preferences "/dev/null";
+Dir::Etc::PreferencesParts "%[1]s/empty";
+Dir::State "%[1]s/state";
+Dir::State::Lists "%[1]s/lists";
+Dir::State::status "/dev/null";
+Dir::Cache "%[1]s/cache";
+Acquire::Languages "none";
+Acquire::GzipIndexes "true";
+APT::Architecture "amd64";
+APT::Architectures { "amd64"; };
+`, a.dir)
+	if os.Geteuid() == 0 {
+		// apt would drop to _apt, which cannot write into a user's cache.
+		conf += "APT::Sandbox::User \"root\";\n"
+	}
+	if err := writeIfChanged(filepath.Join(a.dir, "apt.conf"), conf); err != nil {
+		return err
+	}
+	return writeIfChanged(filepath.Join(a.dir, "sources.list"), a.sources)
+}
+
+func writeIfChanged(path, content string) error {
+	if b, err := os.ReadFile(path); err == nil && string(b) == content {
+		return nil
+	}
+	return writeFileAtomic(path, []byte(content))
+}
+
+func (a *aptRepo) stampPath() string { return filepath.Join(a.dir, "updated") }
+
+// listsAge is how long ago the lists were last updated from the current
+// sources; ok is false if never.
+func (a *aptRepo) listsAge() (age time.Duration, ok bool) {
+	b, err := os.ReadFile(a.stampPath())
+	if err != nil || strings.TrimSpace(string(b)) != a.sourceID() {
+		return 0, false
+	}
+	st, err := os.Stat(a.stampPath())
+	if err != nil {
+		return 0, false
+	}
+	return time.Since(st.ModTime()), true
+}
+
+// run runs an apt tool with the private configuration.
+func (a *aptRepo) run(ctx context.Context, dir, tool string, args ...string) (string, error) {
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: fetching Debian kernels needs apt (install the apt package, or use a local kernel path)", tool)
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "APT_CONFIG="+filepath.Join(a.dir, "apt.conf"), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return stdout.String(), fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, tail(stderr.String()))
+	}
+	return stdout.String() + stderr.String(), nil
+}
+
+// update refreshes the package lists; on full success it stamps them.
+func (a *aptRepo) update(ctx context.Context) error {
+	out, err := a.run(ctx, a.dir, "apt-get", "-q", "update")
+	if err != nil {
+		return err
+	}
+	// apt-get update exits 0 when it could not fetch some lists and kept old ones.
+	for _, bad := range []string{"\nE: ", "\nW: Failed to fetch", "Some index files failed to download"} {
+		if strings.Contains("\n"+out, bad) {
+			return fmt.Errorf("apt-get update: %s", tail(out))
+		}
+	}
+	return writeFileAtomic(a.stampPath(), []byte(a.sourceID()+"\n"))
+}
+
+// hasLists reports whether any update ever fetched package lists.
+func (a *aptRepo) hasLists() bool {
+	m, _ := filepath.Glob(filepath.Join(a.dir, "lists", "*_Packages*"))
+	return len(m) > 0
+}
+
+// pkgnames lists the real packages whose names start with prefix.
+func (a *aptRepo) pkgnames(ctx context.Context, prefix string) ([]string, error) {
+	out, err := a.run(ctx, a.dir, "apt-cache", "pkgnames", prefix)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(out), nil
+}
+
+// show returns every version of the named packages that the lists hold.
+func (a *aptRepo) show(ctx context.Context, names ...string) ([]debPackage, error) {
+	out, err := a.run(ctx, a.dir, "apt-cache", append([]string{"show"}, names...)...)
+	if err != nil {
+		return nil, err
+	}
+	return parseStanzas(out)
+}
+
+// download fetches exact package versions into dir.
+func (a *aptRepo) download(ctx context.Context, dir string, pkgs []debPackage) error {
+	args := []string{"-q", "download"}
+	for _, p := range pkgs {
+		args = append(args, p.Package+"="+p.Version)
+	}
+	_, err := a.run(ctx, dir, "apt-get", args...)
+	return err
+}

@@ -1,0 +1,118 @@
+package kernels
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Layout of an extracted kernel tree in the cache.
+const (
+	treeImage     = "vmlinuz"
+	treeConfig    = "config"
+	treeSystemMap = "System.map"
+	treeMarker    = "complete"
+)
+
+func treeModulesRel(release string) string { return filepath.Join("lib", "modules", release) }
+
+// assembleTree unpacks the .deb files into stage and keeps only what a VM
+// needs, in one layout whatever the Debian packaging:
+//
+//	vmlinuz, config, System.map, lib/modules/<release>/...
+//
+// Kernels up to 6.x ship boot/vmlinuz-<rel> and lib/modules/<rel>; 7.x ships
+// everything under usr/lib/modules/<rel>, split over several packages.
+func assembleTree(ctx context.Context, stage string, debs []string) (release string, err error) {
+	dpkgDeb, err := exec.LookPath("dpkg-deb")
+	if err != nil {
+		return "", errors.New("dpkg-deb not found: fetching Debian kernels needs it (install the dpkg package, or use a local kernel path)")
+	}
+	raw := filepath.Join(stage, "raw")
+	for _, deb := range debs {
+		var stderr bytes.Buffer
+		cmd := exec.CommandContext(ctx, dpkgDeb, "-x", deb, raw)
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+			return "", fmt.Errorf("dpkg-deb -x %s: %w: %s", deb, err, tail(stderr.String()))
+		}
+	}
+	modRoots := []string{filepath.Join(raw, "lib", "modules"), filepath.Join(raw, "usr", "lib", "modules")}
+	releases := map[string]bool{}
+	for _, r := range modRoots {
+		ents, err := os.ReadDir(r)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				releases[e.Name()] = true
+			}
+		}
+	}
+	if len(releases) != 1 {
+		return "", fmt.Errorf("packages hold %d kernel releases under lib/modules, want 1", len(releases))
+	}
+	for r := range releases {
+		release = r
+	}
+
+	modDir := filepath.Join(stage, treeModulesRel(release))
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		return "", err
+	}
+	for _, r := range modRoots {
+		src := filepath.Join(r, release)
+		ents, err := os.ReadDir(src)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return "", err
+		}
+		for _, e := range ents {
+			if err := os.Rename(filepath.Join(src, e.Name()), filepath.Join(modDir, e.Name())); err != nil {
+				return "", fmt.Errorf("packages clash on lib/modules/%s/%s: %w", release, e.Name(), err)
+			}
+		}
+	}
+	// The image, config and map move out of the modules dir so it holds only
+	// what belongs in a guest's /lib/modules.
+	for dst, srcs := range map[string][]string{
+		treeImage:     {filepath.Join(raw, "boot", "vmlinuz-"+release), filepath.Join(modDir, "vmlinuz")},
+		treeConfig:    {filepath.Join(raw, "boot", "config-"+release), filepath.Join(modDir, "config")},
+		treeSystemMap: {filepath.Join(raw, "boot", "System.map-"+release), filepath.Join(modDir, "System.map")},
+	} {
+		for _, src := range srcs {
+			if err := os.Rename(src, filepath.Join(stage, dst)); err == nil {
+				break
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				return "", err
+			}
+		}
+	}
+	if err := os.RemoveAll(raw); err != nil {
+		return "", err
+	}
+	ok, err := isBzImage(filepath.Join(stage, treeImage))
+	if err != nil {
+		return "", fmt.Errorf("packages hold no kernel image for %s: %w", release, err)
+	}
+	if !ok {
+		return "", fmt.Errorf("kernel image of %s is not a bzImage (no HdrS magic)", release)
+	}
+	return release, nil
+}
+
+// releaseFromPackage is what a linux-image package name says `uname -r` is.
+func releaseFromPackage(name string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(name, "linux-image-"), "-unsigned")
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/vmtest/vmtest"
+)
+
+// vmFlags are the flags run and exec share; run passes them on to exec.
+type vmFlags struct {
+	kernel  string
+	accel   string
+	memory  int
+	cpus    int
+	timeout time.Duration
+	modules string
+	results string
+	console bool
+	qemu    string
+	append  string
+}
+
+func (f *vmFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel version to boot (5.10, 6.1, 6.12, 7.2, 7.3) or a path to a bzImage")
+	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
+	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
+	fs.IntVar(&f.cpus, "cpus", 1, "guest CPUs")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one boot, from QEMU start to power-off")
+	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
+	fs.StringVar(&f.results, "results", "", "directory to keep results in")
+	fs.BoolVar(&f.console, "console", false, "copy the guest console to stderr while it runs")
+	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
+	fs.StringVar(&f.append, "append", "", "extra kernel command line")
+}
+
+// args renders the flags for a child `vmtest exec`.
+func (f *vmFlags) args() []string {
+	a := []string{
+		"-kernel", f.kernel, "-accel", f.accel, "-memory", fmt.Sprint(f.memory), "-cpus", fmt.Sprint(f.cpus),
+		"-timeout", f.timeout.String(),
+	}
+	if f.modules != "" {
+		a = append(a, "-modules", f.modules)
+	}
+	if f.console {
+		a = append(a, "-console")
+	}
+	if f.qemu != "" {
+		a = append(a, "-qemu", f.qemu)
+	}
+	if f.append != "" {
+		a = append(a, "-append", f.append)
+	}
+	return a
+}
+
+func (f *vmFlags) moduleNames() []string {
+	var names []string
+	for _, m := range strings.Split(f.modules, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			names = append(names, m)
+		}
+	}
+	return names
+}
+
+// prepared is what every boot of a run shares.
+type prepared struct {
+	kernel  *kernels.Kernel
+	modules []vmtest.Module
+	base    string
+}
+
+// prepare fetches the kernel and builds the base image, reporting progress.
+func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, error) {
+	cache, err := kernels.NewCache()
+	if err != nil {
+		return nil, err
+	}
+	cache.Progress = progress
+	k, err := cache.Get(ctx, f.kernel)
+	if err != nil {
+		return nil, err
+	}
+	p := &prepared{kernel: k}
+	if dir, err := cacheDir(); err == nil {
+		vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
+	}
+	if names := f.moduleNames(); len(names) > 0 {
+		mods, err := k.ResolveModules(names...)
+		if err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", f.kernel, err)
+		}
+		for _, m := range mods {
+			p.modules = append(p.modules, vmtest.Module{
+				Name:  m.Name,
+				Host:  m.Path,
+				Guest: filepath.Join("/lib/modules", k.Release, m.RelPath),
+			})
+		}
+	}
+	if b := os.Getenv("VMTEST_BASE_IMAGE"); b != "" {
+		p.base = b
+		return p, nil
+	}
+	dir, err := cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func cacheDir() (string, error) {
+	c, err := kernels.NewCache()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(c.Dir), nil
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"debug/elf"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/vmtest"
+)
+
+// maxTestdata bounds the testdata directory copied into the guest.
+const maxTestdata = 64 << 20
+
+func execCmd(ctx context.Context, args []string) (int, error) {
+	fs := flag.NewFlagSet("vmtest exec", flag.ContinueOnError)
+	var f vmFlags
+	f.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: vmtest exec [flags] BINARY [ARGS...]\n\n"+
+			"Boots the kernel, runs the static BINARY as root in the guest with ARGS, streams its\n"+
+			"output to stdout and exits with its status. If the guest panics, hangs, reports a\n"+
+			"kernel splat or dies before the binary finished, it says so on stderr with the last\n"+
+			"console lines and exits 1. If the working directory has a testdata directory, it is\n"+
+			"copied into the guest at the same path, which is also the binary's working directory.\n"+
+			"Made for go test: CGO_ENABLED=0 go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, nil
+		}
+		return 2, errUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2, errUsage
+	}
+	bin, binArgs := fs.Arg(0), fs.Args()[1:]
+	if err := checkStatic(bin); err != nil {
+		return 1, err
+	}
+	p, err := prepare(ctx, &f, os.Stderr)
+	if err != nil {
+		return 1, err
+	}
+
+	id := strings.TrimSuffix(filepath.Base(bin), ".test")
+	if id == "" || strings.ContainsAny(id, " /") {
+		id = "test"
+	}
+	outDir, keep, err := execOutDir(f.results, id)
+	if err != nil {
+		return 1, err
+	}
+
+	cwd, _ := os.Getwd()
+	var files []images.File
+	if st, err := os.Stat(filepath.Join(cwd, "testdata")); err == nil && st.IsDir() {
+		files, err = images.Dir(filepath.Join(cwd, "testdata"), filepath.Join(cwd, "testdata"), maxTestdata)
+		if err != nil {
+			return 1, fmt.Errorf("copy testdata into the guest: %w", err)
+		}
+	}
+	opts := vmtest.Options{
+		Kernel:    p.kernel.Image,
+		BaseImage: p.base,
+		Commands:  []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd}},
+		Modules:   p.modules,
+		Files:     files,
+		OutDir:    outDir,
+		Accel:     f.accel,
+		QEMU:      f.qemu,
+		MemoryMB:  f.memory,
+		CPUs:      f.cpus,
+		Timeout:   f.timeout,
+		Append:    f.append,
+		Output:    os.Stdout,
+	}
+	if f.console {
+		opts.Console = os.Stderr
+	}
+	if os.Getenv("VMTEST_VERBOSE") != "" {
+		opts.Progress = os.Stderr
+	}
+	res, err := vmtest.Run(ctx, opts)
+	if err != nil {
+		return 1, err
+	}
+	code := reportExec(os.Stderr, res, f.kernel)
+	if code == 0 && !keep {
+		os.RemoveAll(outDir)
+	} else if !keep {
+		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
+	}
+	return code, nil
+}
+
+// execOutDir picks where one exec keeps its results: -results, else under
+// $VMTEST_RESULTS (set by vmtest run), else a temporary directory that is
+// removed when everything passed.
+func execOutDir(results, id string) (dir string, keep bool, err error) {
+	if results == "" {
+		if root := os.Getenv("VMTEST_RESULTS"); root != "" {
+			results = filepath.Join(root, id)
+			for i := 2; ; i++ {
+				if _, err := os.Stat(results); os.IsNotExist(err) {
+					break
+				}
+				results = filepath.Join(root, fmt.Sprintf("%s.%d", id, i))
+			}
+		}
+	}
+	if results != "" {
+		return results, true, os.MkdirAll(results, 0o755)
+	}
+	dir, err = os.MkdirTemp("", "vmtest-"+id+"-")
+	return dir, false, err
+}
+
+// reportExec tells on w what went wrong in the guest and returns the exit code.
+func reportExec(w io.Writer, res *vmtest.Result, kernel string) int {
+	code := 0
+	if len(res.Commands) > 0 && res.Commands[0].Exit != nil {
+		code = res.Commands[0].Exit.Code
+		if res.Commands[0].Exit.Error != "" {
+			fmt.Fprintf(w, "vmtest: %s\n", res.Commands[0].Exit.Error)
+		}
+		if code < 0 {
+			code = 1
+		}
+	}
+	for _, l := range res.Log {
+		fmt.Fprintf(w, "vmtest: guest: %s\n", l)
+	}
+	for _, s := range res.Splats {
+		fmt.Fprintf(w, "vmtest: kernel %s in guest %s: %s\n", s.Kind, kernel, s.Line)
+		code = max(code, 1)
+	}
+	if f := res.Failure; f != nil {
+		fmt.Fprintf(w, "vmtest: guest %s failed: %s\n", kernel, f.Error())
+		fmt.Fprintf(w, "vmtest: last console lines:\n")
+		for _, l := range f.Console {
+			fmt.Fprintf(w, "    %s\n", l)
+		}
+		code = max(code, 1)
+	} else if len(res.Commands) > 0 && res.Commands[0].Exit == nil {
+		fmt.Fprintf(w, "vmtest: the guest never reported the end of the test\n")
+		code = max(code, 1)
+	}
+	return code
+}
+
+// checkStatic refuses dynamically linked binaries: the guest has no libc.
+func checkStatic(path string) error {
+	ef, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: not an executable for the guest: %w", path, err)
+	}
+	defer ef.Close()
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the guest has no C library: build it with CGO_ENABLED=0", path)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/skbstore/vmtest/kernels"
+)
+
+func kernelsCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("vmtest kernels", flag.ContinueOnError)
+	fetch := fs.String("fetch", "", "fetch this kernel version into the cache")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: vmtest kernels [-fetch VERSION]\n\nLists available and cached kernels.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	c, err := kernels.NewCache()
+	if err != nil {
+		return err
+	}
+	c.Progress = os.Stderr
+	if *fetch != "" {
+		k, err := c.Get(ctx, *fetch)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %s %s\n", *fetch, k.Release, k.Image)
+		return nil
+	}
+	fmt.Printf("available: %s (default %s)\n", strings.Join(kernels.Available(), " "), kernels.DefaultVersion)
+	cached, err := c.List()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("cached in %s:\n", c.Dir)
+	if len(cached) == 0 {
+		fmt.Println("  (none)")
+	}
+	for _, k := range cached {
+		fmt.Printf("  %+v\n", k)
+	}
+	return nil
+}

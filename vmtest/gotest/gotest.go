@@ -1,0 +1,241 @@
+// Package gotest reads the event stream of `go test -json` and turns it into
+// per-test results: what a person reads at the end of a run and what reports
+// are made from.
+package gotest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Event is one line of `go test -json` (see `go doc test2json`).
+type Event struct {
+	Time    time.Time `json:",omitempty"`
+	Action  string
+	Package string  `json:",omitempty"`
+	Test    string  `json:",omitempty"`
+	Elapsed float64 `json:",omitempty"`
+	Output  string  `json:",omitempty"`
+}
+
+// Outcomes of a test or package.
+const (
+	Pass = "pass"
+	Fail = "fail"
+	Skip = "skip"
+	// Unfinished is a test that started but never reported an outcome,
+	// because its guest died or the run was stopped.
+	Unfinished = "unfinished"
+)
+
+// Test is the result of one test (or subtest).
+type Test struct {
+	Package string
+	Name    string
+	Outcome string
+	Elapsed time.Duration
+	// Output is what the test printed.
+	Output string
+}
+
+// Package is the result of one test package.
+type Package struct {
+	Name    string
+	Outcome string
+	Elapsed time.Duration
+	// Output is what was printed outside any test: build errors, the
+	// runner's messages about the guest, the final ok/FAIL line.
+	Output string
+	Tests  []*Test
+}
+
+// Summary is the result of a whole `go test -json` stream.
+type Summary struct {
+	Packages []*Package
+}
+
+// Counts returns how many tests passed, failed and were skipped. A test that
+// never finished counts as failed, and so does a failed package that has no
+// failed test (a build error or a guest that died before any test ran).
+func (s *Summary) Counts() (passed, failed, skipped int) {
+	for _, p := range s.Packages {
+		pkgFailed := 0
+		for _, t := range p.Tests {
+			switch t.Outcome {
+			case Pass:
+				passed++
+			case Skip:
+				skipped++
+			default:
+				failed++
+				pkgFailed++
+			}
+		}
+		if p.Outcome != Pass && p.Outcome != Skip && pkgFailed == 0 {
+			failed++
+		}
+	}
+	return
+}
+
+// Failed reports whether anything failed.
+func (s *Summary) Failed() bool {
+	_, f, _ := s.Counts()
+	return f > 0
+}
+
+// Reader builds a Summary from events, optionally reporting each finished
+// test as it arrives.
+type Reader struct {
+	// OnTest, if set, is called when a test finishes.
+	OnTest func(*Test)
+	// OnPackage, if set, is called when a package finishes.
+	OnPackage func(*Package)
+	// Raw, if set, receives every input line unchanged.
+	Raw io.Writer
+
+	pkgs  map[string]*Package
+	tests map[string]*Test
+	order []string
+}
+
+// Read consumes a `go test -json` stream until EOF. Lines that are not JSON
+// events (go test prints build failures as plain text) are kept as package
+// output of a pseudo-package named "".
+func (r *Reader) Read(in io.Reader) (*Summary, error) {
+	r.pkgs = map[string]*Package{}
+	r.tests = map[string]*Test{}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if r.Raw != nil {
+			r.Raw.Write(line)
+			r.Raw.Write([]byte{'\n'})
+		}
+		var e Event
+		if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &e) != nil {
+			p := r.pkg("")
+			p.Output += string(line) + "\n"
+			p.Outcome = Fail
+			continue
+		}
+		r.add(e)
+	}
+	return r.summary(), sc.Err()
+}
+
+func (r *Reader) pkg(name string) *Package {
+	p, ok := r.pkgs[name]
+	if !ok {
+		p = &Package{Name: name}
+		r.pkgs[name] = p
+		r.order = append(r.order, name)
+	}
+	return p
+}
+
+func (r *Reader) add(e Event) {
+	p := r.pkg(e.Package)
+	if e.Test == "" {
+		switch e.Action {
+		case "output", "build-output":
+			p.Output += e.Output
+		case Pass, Fail, Skip:
+			p.Outcome = e.Action
+			p.Elapsed = seconds(e.Elapsed)
+			if r.OnPackage != nil {
+				r.OnPackage(p)
+			}
+		case "build-fail":
+			p.Outcome = Fail
+		}
+		return
+	}
+	key := e.Package + "\x00" + e.Test
+	t, ok := r.tests[key]
+	if !ok {
+		t = &Test{Package: e.Package, Name: e.Test}
+		r.tests[key] = t
+		p.Tests = append(p.Tests, t)
+	}
+	switch e.Action {
+	case "output":
+		t.Output += e.Output
+	case Pass, Fail, Skip:
+		t.Outcome = e.Action
+		t.Elapsed = seconds(e.Elapsed)
+		if r.OnTest != nil {
+			r.OnTest(t)
+		}
+	}
+}
+
+func (r *Reader) summary() *Summary {
+	s := &Summary{}
+	for _, name := range r.order {
+		p := r.pkgs[name]
+		for _, t := range p.Tests {
+			if t.Outcome == "" {
+				t.Outcome = Unfinished
+			}
+		}
+		if p.Outcome == "" {
+			p.Outcome = Unfinished
+		}
+		if name == "" && len(p.Tests) == 0 && strings.TrimSpace(p.Output) == "" {
+			continue
+		}
+		s.Packages = append(s.Packages, p)
+	}
+	sort.SliceStable(s.Packages, func(i, j int) bool { return s.Packages[i].Name < s.Packages[j].Name })
+	return s
+}
+
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+
+// Print writes the end-of-run report: failed and unfinished tests with their
+// output, failed packages with theirs, and the closing count line.
+func (s *Summary) Print(w io.Writer) {
+	for _, p := range s.Packages {
+		var failed []*Test
+		for _, t := range p.Tests {
+			if t.Outcome == Fail || t.Outcome == Unfinished {
+				failed = append(failed, t)
+			}
+		}
+		for _, t := range failed {
+			fmt.Fprintf(w, "\n--- %s: %s.%s\n%s", strings.ToUpper(t.Outcome), shortPkg(p.Name), t.Name, indent(t.Output))
+		}
+		if p.Outcome != Pass && p.Outcome != Skip && len(failed) == 0 {
+			fmt.Fprintf(w, "\n--- %s package %s\n%s", strings.ToUpper(p.Outcome), p.Name, indent(p.Output))
+		}
+	}
+	passed, failed, skipped := s.Counts()
+	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped\n", passed, failed, skipped)
+}
+
+func shortPkg(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("    ")
+		b.WriteString(strings.TrimRight(l, "\n"))
+		b.WriteString("\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,211 @@
+package vmtest_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/vmtest/vmtest/gotest"
+)
+
+// env is what the boot tests share: a real kernel, the base image and the
+// sample guest test binary, prepared once.
+type env struct {
+	kernel *kernels.Kernel
+	base   string
+	sample string
+}
+
+var (
+	envOnce sync.Once
+	theEnv  *env
+	envErr  error
+)
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a real kernel under QEMU; skipped with -short")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil && os.Getenv("VMTEST_QEMU") == "" {
+		t.Fatal("qemu-system-x86_64 is not installed (Debian/Ubuntu: apt-get install qemu-system-x86); these tests boot real kernels")
+	}
+	envOnce.Do(func() {
+		ctx := context.Background()
+		cache, err := kernels.NewCache()
+		if err != nil {
+			envErr = err
+			return
+		}
+		cache.Progress = os.Stderr
+		k, err := cache.Get(ctx, "6.1")
+		if err != nil {
+			envErr = err
+			return
+		}
+		base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(filepath.Dir(cache.Dir), "images"), Progress: os.Stderr})
+		if err != nil {
+			envErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "vmtest-sample-")
+		if err != nil {
+			envErr = err
+			return
+		}
+		sample := filepath.Join(dir, "sample.test")
+		cmd := exec.Command("go", "test", "-c", "-o", sample, "./testdata/sample")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			envErr = err
+			t.Logf("%s", out)
+			return
+		}
+		theEnv = &env{kernel: k, base: base, sample: sample}
+	})
+	require.NoError(t, envErr)
+	return theEnv
+}
+
+func (e *env) run(t *testing.T, timeout time.Duration, args ...string) *vmtest.Result {
+	t.Helper()
+	out := t.TempDir()
+	res, err := vmtest.Run(context.Background(), vmtest.Options{
+		Kernel:    e.kernel.Image,
+		BaseImage: e.base,
+		Commands:  []vmtest.Command{{ID: "sample", Binary: e.sample, Args: args}},
+		OutDir:    out,
+		Timeout:   timeout,
+	})
+	require.NoError(t, err)
+	t.Logf("accel %s, boot %v, total %v", res.Accel, res.Boot, res.Duration)
+	return res
+}
+
+// events converts test2json-framed output with the real go tool test2json.
+func events(t *testing.T, output []byte) *gotest.Summary {
+	t.Helper()
+	cmd := exec.Command("go", "tool", "test2json", "-p", "sample")
+	cmd.Stdin = bytes.NewReader(output)
+	out, err := cmd.Output()
+	require.NoError(t, err)
+	var r gotest.Reader
+	sum, err := r.Read(bytes.NewReader(out))
+	require.NoError(t, err)
+	return sum
+}
+
+func TestRunReportsEachTest(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res := e.run(t, 2*time.Minute, "-test.v=test2json", "-test.run", "^(TestPass|TestFailOnPurpose|TestSkip)$")
+
+	require.Nil(t, res.Failure, "guest failure")
+	assert.Empty(t, res.Splats)
+	assert.Empty(t, res.ProtocolErrors)
+	assert.True(t, strings.HasPrefix(res.Release, "6.1."), "release %q", res.Release)
+	assert.Equal(t, e.kernel.Release, res.Release)
+	require.Len(t, res.Commands, 1)
+	require.NotNil(t, res.Commands[0].Exit, "exit never reported")
+	assert.Equal(t, 1, res.Commands[0].Exit.Code, "a failing test must make the binary exit 1")
+	assert.Error(t, res.Err())
+
+	sum := events(t, res.Commands[0].Output)
+	require.Len(t, sum.Packages, 1)
+	got := map[string]string{}
+	for _, tt := range sum.Packages[0].Tests {
+		got[tt.Name] = tt.Outcome
+	}
+	assert.Equal(t, map[string]string{"TestPass": "pass", "TestFailOnPurpose": "fail", "TestSkip": "skip"}, got)
+	passed, failed, skipped := sum.Counts()
+	assert.Equal(t, []int{1, 1, 1}, []int{passed, failed, skipped})
+
+	// The artifact the test wrote came back, and logs were kept.
+	b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
+	require.NoError(t, err)
+	assert.Equal(t, res.Release, string(b))
+	for _, f := range []string{"console.log", "dmesg.log", "sample.out", "result.json"} {
+		assert.FileExists(t, filepath.Join(res.OutDir, f))
+	}
+	dmesg, _ := os.ReadFile(filepath.Join(res.OutDir, "dmesg.log"))
+	assert.Contains(t, string(dmesg), "Linux version 6.1.")
+}
+
+func TestRunPassingBinaryPasses(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res := e.run(t, 2*time.Minute, "-test.run", "^TestPass$")
+	assert.NoError(t, res.Err())
+	require.NotNil(t, res.Commands[0].Exit)
+	assert.Equal(t, 0, res.Commands[0].Exit.Code)
+	assert.Contains(t, string(res.Commands[0].Output), "PASS")
+}
+
+func TestKernelPanicIsAFailure(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	start := time.Now()
+	res := e.run(t, 2*time.Minute, "-test.run", "^TestPanicKernel$")
+	require.NotNil(t, res.Failure)
+	assert.Equal(t, vmtest.FailPanic, res.Failure.Kind)
+	assert.Contains(t, res.Failure.Message, "sysrq triggered crash")
+	assert.NotEmpty(t, res.Failure.Console)
+	assert.Nil(t, res.Commands[0].Exit, "the command cannot have finished")
+	assert.Error(t, res.Err())
+	// panic=-1 and -no-reboot make QEMU exit at once, not at the timeout.
+	assert.Less(t, time.Since(start), time.Minute)
+}
+
+func TestHangIsAFailure(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const timeout = 30 * time.Second
+	start := time.Now()
+	res := e.run(t, timeout, "-test.run", "^TestHang$", "-test.timeout", "0")
+	elapsed := time.Since(start)
+	require.NotNil(t, res.Failure)
+	assert.Equal(t, vmtest.FailTimeout, res.Failure.Kind)
+	assert.Contains(t, res.Failure.Message, "while running sample")
+	assert.NotEmpty(t, res.Failure.Console)
+	assert.Error(t, res.Err())
+	assert.GreaterOrEqual(t, elapsed, timeout)
+	assert.Less(t, elapsed, timeout+30*time.Second, "the timeout must stop the guest")
+	assertNoQEMULeft(t, res.OutDir)
+}
+
+func TestSplatFailsPassingTests(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res := e.run(t, 2*time.Minute, "-test.run", "^TestWarn$")
+	require.Nil(t, res.Failure)
+	require.NotNil(t, res.Commands[0].Exit)
+	assert.Equal(t, 0, res.Commands[0].Exit.Code, "the test itself passes")
+	require.Len(t, res.Splats, 1)
+	assert.Equal(t, "WARNING", res.Splats[0].Kind)
+	assert.Contains(t, res.Splats[0].Line, "deliberate splat")
+	assert.ErrorContains(t, res.Err(), "kernel WARNING")
+}
+
+// assertNoQEMULeft checks that no QEMU process still uses the run's image.
+func assertNoQEMULeft(t *testing.T, outDir string) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(outDir)) {
+			t.Errorf("process %s still runs: %q", p, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+}
