@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -85,11 +87,12 @@ Dir::State "%[1]s/state";
 Dir::State::Lists "%[1]s/lists";
 Dir::State::status "/dev/null";
 Dir::Cache "%[1]s/cache";
+Dir::Cache::srcpkgcache "";
 Acquire::Languages "none";
 Acquire::GzipIndexes "true";
 APT::Architecture "amd64";
 APT::Architectures { "amd64"; };
-`, a.dir)
+`, a.dir) + hostAptSettings()
 	if os.Geteuid() == 0 {
 		// apt would drop to _apt, which cannot write into a user's cache.
 		conf += "APT::Sandbox::User \"root\";\n"
@@ -161,6 +164,9 @@ func (a *aptRepo) update(ctx context.Context) error {
 
 // hasLists reports whether any update ever fetched package lists.
 func (a *aptRepo) hasLists() bool {
+	if _, ok := a.listsAge(); ok {
+		return true // maybe empty lists, but from a successful update
+	}
 	m, _ := filepath.Glob(filepath.Join(a.dir, "lists", "*_Packages*"))
 	return len(m) > 0
 }
@@ -190,5 +196,64 @@ func (a *aptRepo) download(ctx context.Context, dir string, pkgs []debPackage) e
 		args = append(args, p.Package+"="+p.Version)
 	}
 	_, err := a.run(ctx, dir, "apt-get", args...)
+	if err != nil && notFoundRE.MatchString(err.Error()) {
+		return fmt.Errorf("%w: %w", errNotDownloadable, err)
+	}
 	return err
+}
+
+// errNotDownloadable marks a download the archive answered with 404.
+var errNotDownloadable = errors.New("package not on the archive")
+
+var notFoundRE = regexp.MustCompile(`\b404\b`)
+
+// suiteNames lists the suites of the sources, for messages.
+func (a *aptRepo) suiteNames() string {
+	var s []string
+	for _, line := range strings.Split(strings.TrimSpace(a.sources), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			s = append(s, f[len(f)-2])
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+// inheritedAptKeys are the host's apt settings a private configuration
+// keeps: how to reach the network and how strictly to check Release file
+// dates, which an administrator sets for the whole machine (a proxy, a
+// frozen mirror). The host's sources, hooks and pinning are not kept.
+var inheritedAptKeys = []string{
+	"acquire::check-valid-until", "acquire::check-date", "acquire::max-validtime", "acquire::min-validtime",
+	"acquire::http::proxy", "acquire::https::proxy", "acquire::ftp::proxy",
+	"acquire::http::proxy-auto-detect", "acquire::https::proxy-auto-detect",
+	"acquire::http::timeout", "acquire::https::timeout", "acquire::retries",
+	"acquire::forceipv4", "acquire::forceipv6",
+}
+
+var hostApt = sync.OnceValue(func() string {
+	out, err := exec.Command("apt-config", "dump").Output()
+	if err != nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, line := range strings.Split(string(out), "\n") {
+		key, _, _ := strings.Cut(line, " ")
+		key = strings.ToLower(key)
+		for _, k := range inheritedAptKeys {
+			if key == k || strings.HasPrefix(key, k+"::") {
+				b.WriteString(line + "\n")
+				break
+			}
+		}
+	}
+	return b.String()
+})
+
+// hostAptSettings returns the inherited settings as apt.conf lines.
+func hostAptSettings() string { return hostApt() }
+
+// trim drops apt's binary package cache (50 MB for sid): it is rebuilt in
+// half a second, and only resolving a name needs it, about once a MaxAge.
+func (a *aptRepo) trim() {
+	os.Remove(filepath.Join(a.dir, "cache", "pkgcache.bin"))
 }

@@ -3,6 +3,7 @@ package kernels
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -52,22 +53,25 @@ func imagePackageRE(version, flavour string) *regexp.Regexp {
 		regexp.QuoteMeta(flavourSuffix[flavour]) + `(?:-unsigned)?$`)
 }
 
-// pickImage chooses the newest package version; at equal versions the
-// -unsigned package wins (same kernel, no signature to carry around).
-func pickImage(stanzas []debPackage) (debPackage, bool) {
-	var best debPackage
-	found := false
-	for _, p := range stanzas {
-		if !found {
-			best, found = p, true
-			continue
+// rankImages orders candidate packages best first: newest version first
+// and, at equal versions, the -unsigned package (same kernel, no signature
+// to carry around).
+func rankImages(stanzas []debPackage) []debPackage {
+	ranked := slices.Clone(stanzas)
+	slices.SortStableFunc(ranked, func(a, b debPackage) int {
+		if c := compareDebVersions(b.Version, a.Version); c != 0 {
+			return c
 		}
-		c := compareDebVersions(p.Version, best.Version)
-		if c > 0 || (c == 0 && strings.HasSuffix(p.Package, "-unsigned") && !strings.HasSuffix(best.Package, "-unsigned")) {
-			best = p
+		ua, ub := strings.HasSuffix(a.Package, "-unsigned"), strings.HasSuffix(b.Package, "-unsigned")
+		switch {
+		case ua && !ub:
+			return -1
+		case ub && !ua:
+			return 1
 		}
-	}
-	return best, found
+		return strings.Compare(a.Package, b.Package)
+	})
+	return ranked
 }
 
 // splitParts lists the packages a 7.x linux-image meta package pulls in

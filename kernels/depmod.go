@@ -52,7 +52,7 @@ func makeModulesDep(ctx context.Context, root, rel, mode string, progress io.Wri
 		// Slower (pure Go xz) but needs nothing on the host.
 		fmt.Fprintf(progress, "kernels: %v; generating modules.dep without it (installing kmod makes this faster)\n", err)
 	}
-	if err := builtinDepmod(ctx, modDir); err != nil {
+	if err := builtinDepmod(ctx, modDir, modDir); err != nil {
 		return "", err
 	}
 	return depmodBuiltin, nil
@@ -76,10 +76,11 @@ func runKmodDepmod(ctx context.Context, root, rel string) error {
 	return nil
 }
 
-// builtinDepmod makes modules.dep, modules.alias and modules.softdep from
-// each module's .modinfo (depends=, alias=, softdep=), which modpost filled
-// from the same symbol resolution depmod does.
-func builtinDepmod(ctx context.Context, modDir string) error {
+// builtinDepmod writes modules.dep, modules.alias and modules.softdep for
+// the modules in modDir into outDir, from each module's .modinfo (depends=,
+// alias=, softdep=), which modpost filled from the same symbol resolution
+// depmod does.
+func builtinDepmod(ctx context.Context, modDir, outDir string) error {
 	var rels []string
 	err := filepath.WalkDir(modDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -185,7 +186,7 @@ func builtinDepmod(ctx context.Context, modDir string) error {
 		}
 	}
 	for file, content := range map[string]string{"modules.dep": dep.String(), "modules.alias": alias.String(), "modules.softdep": softdep.String()} {
-		if err := writeFileAtomic(filepath.Join(modDir, file), []byte(content)); err != nil {
+		if err := writeFileAtomic(filepath.Join(outDir, file), []byte(content)); err != nil {
 			return err
 		}
 	}

@@ -55,7 +55,7 @@ func setup(t *testing.T) *env {
 			envErr = err
 			return
 		}
-		base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(filepath.Dir(cache.Dir), "images"), Progress: os.Stderr})
+		base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(cache.Dir, "images"), Progress: os.Stderr})
 		if err != nil {
 			envErr = err
 			return

@@ -128,5 +128,5 @@ func cacheDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Dir(c.Dir), nil
+	return c.Dir, nil
 }

@@ -93,6 +93,8 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	fmt.Fprintf(os.Stderr, "vmtest: kernel %s (%s), accelerator %s, boot %.1fs, total %.1fs\n",
+		f.kernel, res.Release, res.Accel, res.Boot.Seconds(), res.Duration.Seconds())
 	code := reportExec(os.Stderr, res, f.kernel)
 	if code == 0 && !keep {
 		os.RemoveAll(outDir)

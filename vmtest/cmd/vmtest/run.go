@@ -124,6 +124,9 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	if sum.Failed() {
 		return 1, nil
 	}
+	if passed, _, skipped := sum.Counts(); passed+skipped == 0 {
+		return 1, errors.New("no test ran: check the package patterns and -run")
+	}
 	if waitErr != nil {
 		return 1, fmt.Errorf("go test: %w", waitErr)
 	}

@@ -1,0 +1,330 @@
+package kernels
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/require"
+	"github.com/ulikunitz/xz"
+)
+
+// fakeELF returns a minimal ELF64 relocatable object with a .modinfo
+// section holding the given "key=value" strings: enough for debug/elf and
+// for readModinfo.
+func fakeELF(modinfo ...string) []byte {
+	var info bytes.Buffer
+	for _, kv := range modinfo {
+		info.WriteString(kv)
+		info.WriteByte(0)
+	}
+	shstr := []byte("\x00.modinfo\x00.shstrtab\x00")
+	const ehsize, shentsize = 64, 64
+	infoOff := uint64(ehsize)
+	shstrOff := infoOff + uint64(info.Len())
+	shoff := shstrOff + uint64(len(shstr))
+
+	var b bytes.Buffer
+	le := binary.LittleEndian
+	b.Write([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0})
+	b.Write(make([]byte, 8))
+	binary.Write(&b, le, uint16(1))  // ET_REL
+	binary.Write(&b, le, uint16(62)) // EM_X86_64
+	binary.Write(&b, le, uint32(1))
+	binary.Write(&b, le, uint64(0)) // entry
+	binary.Write(&b, le, uint64(0)) // phoff
+	binary.Write(&b, le, shoff)
+	binary.Write(&b, le, uint32(0)) // flags
+	binary.Write(&b, le, uint16(ehsize))
+	binary.Write(&b, le, uint16(0)) // phentsize
+	binary.Write(&b, le, uint16(0)) // phnum
+	binary.Write(&b, le, uint16(shentsize))
+	binary.Write(&b, le, uint16(3)) // shnum
+	binary.Write(&b, le, uint16(2)) // shstrndx
+	b.Write(info.Bytes())
+	b.Write(shstr)
+	sh := func(name, typ uint32, off, size uint64) {
+		binary.Write(&b, le, name)
+		binary.Write(&b, le, typ)
+		binary.Write(&b, le, uint64(0)) // flags
+		binary.Write(&b, le, uint64(0)) // addr
+		binary.Write(&b, le, off)
+		binary.Write(&b, le, size)
+		binary.Write(&b, le, uint32(0)) // link
+		binary.Write(&b, le, uint32(0)) // info
+		binary.Write(&b, le, uint64(1)) // addralign
+		binary.Write(&b, le, uint64(0)) // entsize
+	}
+	sh(0, 0, 0, 0)
+	sh(1, 1, infoOff, uint64(info.Len())) // .modinfo, SHT_PROGBITS
+	sh(10, 3, shstrOff, uint64(len(shstr))) // .shstrtab, SHT_STRTAB
+	return b.Bytes()
+}
+
+// compress encodes data as a module file with the given suffix would be.
+func compress(t testing.TB, suffix string, data []byte) []byte {
+	var b bytes.Buffer
+	switch suffix {
+	case ".ko":
+		return data
+	case ".ko.xz":
+		w, err := xz.NewWriter(&b)
+		require.NoError(t, err)
+		w.Write(data)
+		require.NoError(t, w.Close())
+	case ".ko.zst":
+		w, err := zstd.NewWriter(&b)
+		require.NoError(t, err)
+		w.Write(data)
+		require.NoError(t, w.Close())
+	case ".ko.gz":
+		w := gzip.NewWriter(&b)
+		w.Write(data)
+		require.NoError(t, w.Close())
+	default:
+		t.Fatalf("unknown suffix %s", suffix)
+	}
+	return b.Bytes()
+}
+
+// fakeBzImage is a file with a bzImage setup header naming release.
+func fakeBzImage(release string, size int) []byte {
+	if size < 0x400 {
+		size = 0x400
+	}
+	b := make([]byte, size)
+	copy(b[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(b[0x20e:], 0x100)
+	copy(b[0x300:], release+" (test@example) #1 SMP\x00")
+	return b
+}
+
+// fakeMod is one module of a fake kernel.
+type fakeMod struct {
+	rel     string // path under lib/modules/<release>, e.g. kernel/drivers/net/veth.ko
+	depends string // the depends= list
+}
+
+// fakeKernelFiles lays out a kernel as Debian packages it, into root:
+// split (7.x style) puts everything under usr/lib/modules/<release>.
+func fakeKernelFiles(t testing.TB, root, release string, split bool, mods []fakeMod, builtin []string, imageSize int) {
+	modDir := filepath.Join(root, "lib", "modules", release)
+	image := filepath.Join(root, "boot", "vmlinuz-"+release)
+	config := filepath.Join(root, "boot", "config-"+release)
+	if split {
+		modDir = filepath.Join(root, "usr", "lib", "modules", release)
+		image = filepath.Join(modDir, "vmlinuz")
+		config = filepath.Join(modDir, "config")
+	}
+	write := func(p string, data []byte) {
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, data, 0o644))
+	}
+	write(image, fakeBzImage(release, imageSize))
+	write(config, []byte("# test config\nCONFIG_BPF_SYSCALL=y\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_VETH=m\n# CONFIG_FOO is not set\nCONFIG_LOCALVERSION=\"-test\"\n"))
+	var order []string
+	for _, m := range mods {
+		name := moduleName(m.rel)
+		write(filepath.Join(modDir, m.rel), compressFor(t, m.rel, fakeELF("license=GPL", "depends="+m.depends, "name="+name, "alias=fake-"+name)))
+		order = append(order, strings.TrimSuffix(strings.TrimSuffix(m.rel, ".xz"), ".zst"))
+	}
+	write(filepath.Join(modDir, "modules.order"), []byte(strings.Join(order, "\n")+"\n"))
+	write(filepath.Join(modDir, "modules.builtin"), []byte(strings.Join(builtin, "\n")+"\n"))
+}
+
+func compressFor(t testing.TB, rel string, data []byte) []byte {
+	for _, s := range []string{".ko.xz", ".ko.zst", ".ko.gz"} {
+		if strings.HasSuffix(rel, s) {
+			return compress(t, s, data)
+		}
+	}
+	return data
+}
+
+// buildDeb packs root into a .deb named name_version.
+func buildDeb(t testing.TB, root, name, version, depends string) []byte {
+	ctl := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: test <test@example.com>\nDescription: test package\n", name, version)
+	if depends != "" {
+		ctl += "Depends: " + depends + "\n"
+	}
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "DEBIAN"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "DEBIAN", "control"), []byte(ctl), 0o644))
+	out := filepath.Join(t.TempDir(), name+".deb")
+	cmd := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", root, out)
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "dpkg-deb: %s", b)
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	return data
+}
+
+// fakePkg is a package in the fake archive.
+type fakePkg struct {
+	name, version, depends, file string
+	data                        []byte
+}
+
+// fakeArchive is a local, unsigned Debian archive over HTTP, serving both
+// the main and the security archive (/debian and /debian-security). It
+// counts requests so tests can tell what touched the network.
+type fakeArchive struct {
+	t   testing.TB
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	suites   map[string][]fakePkg
+	missing  map[string]bool // pool files listed but answered 404
+	requests map[string]int  // path -> count
+}
+
+func newFakeArchive(t testing.TB) *fakeArchive {
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		t.Skip("needs apt-get")
+	}
+	a := &fakeArchive{t: t, suites: map[string][]fakePkg{}, missing: map[string]bool{}, requests: map[string]int{}}
+	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// cache returns a Cache using this archive.
+func (a *fakeArchive) cache(dir string) *Cache {
+	return &Cache{Dir: dir, Mirror: a.srv.URL + "/debian", SecurityMirror: a.srv.URL + "/debian-security",
+		insecureArchive: true, depmodMode: depmodBuiltin}
+}
+
+// add puts a package built from root into suite.
+func (a *fakeArchive) add(suite, name, version, depends, root string) fakePkg {
+	data := buildDeb(a.t, root, name, version, depends)
+	p := fakePkg{name: name, version: version, depends: depends, data: data,
+		file: "pool/main/l/linux/" + name + "_" + strings.ReplaceAll(version, ":", "%3a") + "_amd64.deb"}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.suites[suite] = append(a.suites[suite], p)
+	return p
+}
+
+// addKernel adds a whole kernel as Debian packages it: one linux-image
+// package, or (split) a meta package with base, binary and modules parts.
+func (a *fakeArchive) addKernel(suite, release, version string, split bool, mods []fakeMod, builtin []string) []fakePkg {
+	root := a.t.TempDir()
+	fakeKernelFiles(a.t, root, release, split, mods, builtin, 64*1024)
+	if !split {
+		return []fakePkg{a.add(suite, "linux-image-"+release+"-unsigned", version, "", root)}
+	}
+	modDir := filepath.Join("usr", "lib", "modules", release)
+	part := func(kind string, files ...string) fakePkg {
+		dst := a.t.TempDir()
+		for _, f := range files {
+			src := filepath.Join(root, modDir, f)
+			require.NoError(a.t, os.MkdirAll(filepath.Dir(filepath.Join(dst, modDir, f)), 0o755))
+			require.NoError(a.t, os.Rename(src, filepath.Join(dst, modDir, f)))
+		}
+		return a.add(suite, "linux-"+kind+"-"+release, version, "", dst)
+	}
+	base := part("base", "config", "modules.order", "modules.builtin")
+	binary := part("binary", "vmlinuz")
+	modules := part("modules", "kernel")
+	meta := a.add(suite, "linux-image-"+release, version, fmt.Sprintf(
+		"initramfs-tools | linux-initramfs-tool, linux-base-%[1]s (= %[2]s), linux-binary-%[1]s (= %[2]s), linux-modules-%[1]s (= %[2]s)",
+		release, version), a.t.TempDir())
+	return []fakePkg{meta, base, binary, modules}
+}
+
+func (a *fakeArchive) setMissing(file string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.missing[file] = true
+}
+
+// count returns how often paths containing substr were requested.
+func (a *fakeArchive) count(substr string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for p, c := range a.requests {
+		if strings.Contains(p, substr) {
+			n += c
+		}
+	}
+	return n
+}
+
+// hits returns how often exactly this path was requested.
+func (a *fakeArchive) hits(path string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.requests[path]
+}
+
+func (a *fakeArchive) packagesIndex(suite string) []byte {
+	var b bytes.Buffer
+	pkgs := a.suites[suite]
+	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].name < pkgs[j].name })
+	for _, p := range pkgs {
+		sum := sha256.Sum256(p.data)
+		fmt.Fprintf(&b, "Package: %s\nVersion: %s\nArchitecture: amd64\n", p.name, p.version)
+		if p.depends != "" {
+			fmt.Fprintf(&b, "Depends: %s\n", p.depends)
+		}
+		fmt.Fprintf(&b, "Filename: %s\nSize: %d\nSHA256: %s\nDescription: test\n\n", p.file, len(p.data), hex.EncodeToString(sum[:]))
+	}
+	return b.Bytes()
+}
+
+func (a *fakeArchive) serve(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.requests[r.URL.Path]++
+	// /debian/dists/<suite>/... or /debian/pool/...
+	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 2)
+	if len(parts) != 2 {
+		http.NotFound(w, r)
+		return
+	}
+	rest := parts[1]
+	if strings.HasPrefix(rest, "pool/") {
+		for _, pkgs := range a.suites {
+			for _, p := range pkgs {
+				if p.file == rest && !a.missing[rest] {
+					w.Write(p.data)
+					return
+				}
+			}
+		}
+		http.NotFound(w, r)
+		return
+	}
+	f := strings.Split(rest, "/")
+	if len(f) < 3 || f[0] != "dists" {
+		http.NotFound(w, r)
+		return
+	}
+	suite := f[1]
+	idx := a.packagesIndex(suite)
+	switch path.Join(f[2:]...) {
+	case "Release":
+		sum := sha256.Sum256(idx)
+		fmt.Fprintf(w, "Origin: test\nSuite: %s\nCodename: %s\nDate: %s\nArchitectures: amd64\nComponents: main\nSHA256:\n %s %d main/binary-amd64/Packages\n",
+			suite, suite, time.Now().Add(-time.Hour).UTC().Format(time.RFC1123), hex.EncodeToString(sum[:]), len(idx))
+	case "main/binary-amd64/Packages":
+		w.Write(idx)
+	default:
+		http.NotFound(w, r)
+	}
+}

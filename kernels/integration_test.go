@@ -1,0 +1,233 @@
+package kernels
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// syncBuffer is a goroutine-safe progress writer for tests.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// progressLogger copies progress lines to the test log as well.
+type progressLogger struct {
+	t   testing.TB
+	buf *syncBuffer
+}
+
+func (p progressLogger) Write(b []byte) (int, error) {
+	p.t.Log(strings.TrimRight(string(b), "\n"))
+	return p.buf.Write(b)
+}
+
+// integrationDir is where the real-network tests cache kernels: a fresh
+// temporary directory, unless VMTEST_TEST_CACHE_DIR names one to reuse.
+func integrationDir(t *testing.T) string {
+	if d := os.Getenv("VMTEST_TEST_CACHE_DIR"); d != "" {
+		return d
+	}
+	return t.TempDir()
+}
+
+func TestIntegrationDebian61(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads a kernel from Debian's archive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	buf := &syncBuffer{}
+	c := &Cache{Dir: integrationDir(t), Progress: progressLogger{t, buf}}
+
+	start := time.Now()
+	k, err := c.Get(ctx, "6.1")
+	require.NoError(t, err)
+	cold := time.Since(start)
+	st := c.Stats()
+	t.Logf("cold Get: %v, %d packages downloaded (%s), release %s", cold, st.Downloads, mib(st.DownloadBytes), k.Release)
+
+	assert.Equal(t, "6.1", k.Name)
+	assert.Equal(t, SourceDebian, k.Source)
+	require.Len(t, k.Packages, 1)
+	assert.Regexp(t, `^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$`, k.Packages[0].Name)
+	assert.Equal(t, releaseFromPackage(k.Packages[0].Name), k.Release)
+	assert.True(t, filepath.IsAbs(k.Image))
+	ok, err := isBzImage(k.Image)
+	require.NoError(t, err)
+	assert.True(t, ok, "image has the HdrS magic")
+	rel, err := bzImageRelease(k.Image)
+	require.NoError(t, err)
+	assert.Equal(t, k.Release, rel)
+
+	v, ok, err := k.ConfigValue("CONFIG_DEBUG_INFO_BTF")
+	require.NoError(t, err)
+	assert.True(t, ok)
+	assert.Equal(t, "y", v)
+
+	mods, err := k.ResolveModules("veth")
+	require.NoError(t, err)
+	require.NotEmpty(t, mods)
+	last := mods[len(mods)-1]
+	assert.Equal(t, "veth", last.Name)
+	assert.Equal(t, "veth.ko", filepath.Base(last.Path))
+	assert.FileExists(t, last.Path)
+
+	set, err := k.ResolveModuleSet("act_mirred", "sch_ingress", "virtio_pci", "veth")
+	require.NoError(t, err)
+	for _, m := range set.Load {
+		t.Logf("load %s", m.RelPath)
+	}
+	t.Logf("builtin: %v", set.Builtin)
+
+	// Warm: no apt, no download, no extraction; milliseconds.
+	before := c.Stats()
+	logLen := len(buf.String())
+	start = time.Now()
+	k2, err := c.Get(ctx, "6.1-cloud")
+	require.NoError(t, err)
+	warm := time.Since(start)
+	t.Logf("warm Get: %v", warm)
+	assert.Equal(t, before, c.Stats(), "warm Get must not update, download or extract")
+	assert.Empty(t, buf.String()[logLen:], "warm Get must print nothing")
+	assert.Equal(t, k.Image, k2.Image)
+	assert.Less(t, warm, 200*time.Millisecond)
+
+	list, err := c.List()
+	require.NoError(t, err)
+	require.NotEmpty(t, list)
+	for _, ck := range list {
+		t.Logf("cached: %s %s %s tree %s debs %s", ck.Name, ck.Release, ck.Version, mib(ck.TreeSize), mib(ck.DebSize))
+	}
+}
+
+// TestIntegrationResolveAll checks that Debian has a package for every
+// built-in version, from package lists only. With VMTEST_TEST_FETCH_ALL=1
+// it also fetches each kernel and checks it.
+func TestIntegrationResolveAll(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reads Debian's package lists over the network")
+	}
+	fetch := os.Getenv("VMTEST_TEST_FETCH_ALL") == "1"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	c := &Cache{Dir: integrationDir(t), Progress: progressLogger{t, &syncBuffer{}}}
+	for _, v := range Available() {
+		t.Run(v, func(t *testing.T) {
+			start := time.Now()
+			pkgs, err := c.Resolve(ctx, v)
+			require.NoError(t, err)
+			require.NotEmpty(t, pkgs)
+			for _, p := range pkgs {
+				t.Logf("%s %s (%s) sha256 %s", p.Name, p.Version, mib(p.Size), p.SHA256)
+			}
+			assert.True(t, strings.HasPrefix(pkgs[0].Name, "linux-image-"+v), pkgs[0].Name)
+			t.Logf("resolved in %v", time.Since(start))
+			if !fetch {
+				return
+			}
+			before := c.Stats()
+			start = time.Now()
+			k, err := c.Get(ctx, v)
+			require.NoError(t, err)
+			after := c.Stats()
+			t.Logf("fetched %s in %v: downloaded %s", k.Release, time.Since(start), mib(after.DownloadBytes-before.DownloadBytes))
+			checkRealKernel(t, k)
+		})
+	}
+}
+
+// checkRealKernel checks what every Debian kernel must offer the runner.
+func checkRealKernel(t *testing.T, k *Kernel) {
+	t.Helper()
+	ok, err := isBzImage(k.Image)
+	require.NoError(t, err)
+	assert.True(t, ok)
+	rel, err := bzImageRelease(k.Image)
+	require.NoError(t, err)
+	assert.Equal(t, k.Release, rel)
+	v, _, err := k.ConfigValue("BPF_SYSCALL")
+	require.NoError(t, err)
+	assert.Equal(t, "y", v)
+	set, err := k.ResolveModuleSet("veth", "act_mirred", "sch_ingress")
+	require.NoError(t, err)
+	assert.Len(t, append(moduleNames(set.Load), set.Builtin...), 3+len(set.Load)-countRequested(set.Load, "veth", "act_mirred", "sch_ingress"))
+	var dirs, files int
+	filepath.WalkDir(k.ModulesDir, func(_ string, d os.DirEntry, _ error) error {
+		if d.IsDir() {
+			dirs++
+		} else {
+			files++
+		}
+		return nil
+	})
+	t.Logf("%s: %d module dir files; load %v builtin %v", k.Release, files, moduleNames(set.Load), set.Builtin)
+
+	// The pure-Go modules.dep must agree with kmod's.
+	if _, err := findDepmod(); err == nil {
+		out := t.TempDir()
+		start := time.Now()
+		require.NoError(t, builtinDepmod(context.Background(), k.ModulesDir, out))
+		t.Logf("builtin modules.dep in %v", time.Since(start))
+		assert.Equal(t, readDepSets(t, filepath.Join(k.ModulesDir, "modules.dep")), readDepSets(t, filepath.Join(out, "modules.dep")))
+	}
+}
+
+func moduleNames(ms []Module) []string {
+	var n []string
+	for _, m := range ms {
+		n = append(n, m.Name)
+	}
+	return n
+}
+
+func countRequested(ms []Module, names ...string) int {
+	n := 0
+	for _, m := range ms {
+		for _, want := range names {
+			if m.Name == want {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// readDepSets reads modules.dep as module -> sorted dependency list.
+func readDepSets(t *testing.T, path string) map[string]string {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		mod, deps, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(deps)
+		slices.Sort(f)
+		m[mod] = strings.Join(f, " ")
+	}
+	return m
+}

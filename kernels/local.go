@@ -1,0 +1,62 @@
+package kernels
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// localKernel describes a kernel on the host's disk, used in place: a
+// bzImage file, or a directory holding one (vmlinuz, bzImage,
+// boot/vmlinuz-<release> or a build tree's arch/x86/boot/bzImage) with its
+// config and lib/modules/<release> nearby.
+func localKernel(name, path string) (*Kernel, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", name, err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", name, err)
+	}
+	dir, image := abs, ""
+	if st.IsDir() {
+		cands := []string{"vmlinuz", "bzImage", "arch/x86/boot/bzImage"}
+		if m, _ := filepath.Glob(filepath.Join(abs, "boot", "vmlinuz-*")); len(m) == 1 {
+			cands = append(cands, filepath.Join("boot", filepath.Base(m[0])))
+		}
+		for _, c := range cands {
+			if fi, err := os.Stat(filepath.Join(abs, c)); err == nil && fi.Mode().IsRegular() {
+				image = filepath.Join(abs, c)
+				break
+			}
+		}
+		if image == "" {
+			return nil, fmt.Errorf("kernel %s: directory has no kernel image (looked for vmlinuz, bzImage, arch/x86/boot/bzImage, boot/vmlinuz-*)", name)
+		}
+	} else {
+		image, dir = abs, filepath.Dir(abs)
+	}
+	release, err := bzImageRelease(image)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", name, err)
+	}
+	k := &Kernel{Name: name, Release: release, Source: SourceLocal, Image: image}
+	roots := []string{dir, filepath.Dir(dir)} // the image may sit in DIR/boot
+	if filepath.Base(dir) == "boot" && filepath.Dir(dir) == "/" {
+		roots = []string{"/"} // /boot/vmlinuz-X: the host's own kernel
+	}
+	for _, root := range roots {
+		for _, c := range []string{"config-" + release, "boot/config-" + release, "config", ".config"} {
+			if fi, err := os.Stat(filepath.Join(root, c)); err == nil && fi.Mode().IsRegular() && k.Config == "" {
+				k.Config = filepath.Join(root, c)
+			}
+		}
+		for _, c := range []string{"lib/modules/" + release, "usr/lib/modules/" + release} {
+			if fi, err := os.Stat(filepath.Join(root, c)); err == nil && fi.IsDir() && k.ModulesDir == "" {
+				k.ModulesDir = filepath.Join(root, c)
+			}
+		}
+	}
+	return k, nil
+}
