@@ -230,7 +230,18 @@ var inheritedAptKeys = []string{
 	"acquire::forceipv4", "acquire::forceipv6",
 }
 
-var hostApt = sync.OnceValue(func() string {
+var (
+	hostAptMu   sync.Mutex
+	hostAptConf *string // cached once apt-config answered
+)
+
+// hostAptSettings returns the inherited settings as apt.conf lines.
+func hostAptSettings() string {
+	hostAptMu.Lock()
+	defer hostAptMu.Unlock()
+	if hostAptConf != nil {
+		return *hostAptConf
+	}
 	out, err := exec.Command("apt-config", "dump").Output()
 	if err != nil {
 		return ""
@@ -246,11 +257,10 @@ var hostApt = sync.OnceValue(func() string {
 			}
 		}
 	}
-	return b.String()
-})
-
-// hostAptSettings returns the inherited settings as apt.conf lines.
-func hostAptSettings() string { return hostApt() }
+	conf := b.String()
+	hostAptConf = &conf
+	return conf
+}
 
 // trim drops apt's binary package cache (50 MB for sid): it is rebuilt in
 // half a second, and only resolving a name needs it, about once a MaxAge.

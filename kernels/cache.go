@@ -473,9 +473,17 @@ func (c *Cache) ensureDebs(ctx context.Context, repo *aptRepo, refs []PackageRef
 	for _, p := range missing {
 		names = append(names, p.Package+" "+p.Version)
 	}
+	// apt must not read the lists while a concurrent Get of another kernel
+	// of this series updates them.
+	unlock, err := lockFile(ctx, c.lockPath("apt-"+filepath.Base(repo.dir)), "to use the package lists of "+filepath.Base(repo.dir), c.progress())
+	if err != nil {
+		return nil, err
+	}
 	c.logf("downloading %s (%s)", strings.Join(names, ", "), mib(missingBytes))
 	t := time.Now()
-	if err := repo.download(ctx, dl, missing); err != nil {
+	err = repo.download(ctx, dl, missing)
+	unlock()
+	if err != nil {
 		return nil, err
 	}
 	c.count(func(st *Stats) { st.Downloads += len(missing); st.DownloadBytes += missingBytes })

@@ -437,3 +437,13 @@ func TestGetUnknownAndBadNamesFailFast(t *testing.T) {
 	entries, _ := os.ReadDir(c.Dir)
 	assert.Empty(t, entries, "nothing written for bad names")
 }
+
+func TestGetWithoutApt(t *testing.T) {
+	a := archive61(t)
+	t.Setenv("PATH", t.TempDir()) // no apt-get, no dpkg-deb
+	_, err := a.cache(t.TempDir()).Get(context.Background(), "6.1")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "fetch kernel 6.1")
+	assert.Contains(t, err.Error(), "apt-get not found")
+	assert.Contains(t, err.Error(), "install the apt package")
+}

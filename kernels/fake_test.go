@@ -71,7 +71,7 @@ func fakeELF(modinfo ...string) []byte {
 		binary.Write(&b, le, uint64(0)) // entsize
 	}
 	sh(0, 0, 0, 0)
-	sh(1, 1, infoOff, uint64(info.Len())) // .modinfo, SHT_PROGBITS
+	sh(1, 1, infoOff, uint64(info.Len()))   // .modinfo, SHT_PROGBITS
 	sh(10, 3, shstrOff, uint64(len(shstr))) // .shstrtab, SHT_STRTAB
 	return b.Bytes()
 }
@@ -176,7 +176,7 @@ func buildDeb(t testing.TB, root, name, version, depends string) []byte {
 // fakePkg is a package in the fake archive.
 type fakePkg struct {
 	name, version, depends, file string
-	data                        []byte
+	data                         []byte
 }
 
 // fakeArchive is a local, unsigned Debian archive over HTTP, serving both

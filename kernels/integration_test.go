@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -115,6 +116,8 @@ func TestIntegrationDebian61(t *testing.T) {
 	assert.Equal(t, k.Image, k2.Image)
 	assert.Less(t, warm, 200*time.Millisecond)
 
+	checkRealKernel(t, k)
+
 	list, err := c.List()
 	require.NoError(t, err)
 	require.NotEmpty(t, list)
@@ -185,6 +188,47 @@ func checkRealKernel(t *testing.T, k *Kernel) {
 	})
 	t.Logf("%s: %d module dir files; load %v builtin %v", k.Release, files, moduleNames(set.Load), set.Builtin)
 
+	// The load order must be modprobe's.
+	if modprobe, err := exec.LookPath("modprobe"); err == nil || fileExists("/usr/sbin/modprobe") {
+		if err != nil {
+			modprobe = "/usr/sbin/modprobe"
+		}
+		root := filepath.Dir(filepath.Dir(filepath.Dir(k.ModulesDir)))
+		for _, name := range []string{"virtio_net", "virtio_pci", "act_mirred", "veth", "sch_ingress", "cls_bpf", "nf_tables", "xfs"} {
+			out, err := exec.Command(modprobe, "-d", root, "-S", k.Release, "--show-depends", name).CombinedOutput()
+			if err != nil {
+				t.Logf("modprobe %s: %v: %s", name, err, out)
+				continue
+			}
+			var want []string
+			for _, line := range strings.Split(string(out), "\n") {
+				if f := strings.Fields(line); len(f) >= 2 && f[0] == "insmod" {
+					want = append(want, f[1])
+				}
+			}
+			mods, err := k.ResolveModules(name)
+			require.NoError(t, err)
+			var got []string
+			for _, m := range mods {
+				got = append(got, m.Path)
+			}
+			// modprobe also loads soft dependencies (libcrc32c's "pre:
+			// crc32c"), which are not in modules.dep: compare the rest.
+			var hard, soft []string
+			for _, w := range want {
+				if slices.Contains(got, w) {
+					hard = append(hard, w)
+				} else {
+					soft = append(soft, filepath.Base(w))
+				}
+			}
+			assert.Equal(t, hard, got, "load order of %s", name)
+			if len(soft) > 0 {
+				t.Logf("%s: modprobe also loads soft dependencies %v", name, soft)
+			}
+		}
+	}
+
 	// The pure-Go modules.dep must agree with kmod's.
 	if _, err := findDepmod(); err == nil {
 		out := t.TempDir()
@@ -230,4 +274,9 @@ func readDepSets(t *testing.T, path string) map[string]string {
 		m[mod] = strings.Join(f, " ")
 	}
 	return m
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -149,8 +149,11 @@ func (idx *moduleIndex) resolve(names []string) (ModuleSet, error) {
 		}
 		state[rel] = visiting
 		next := append(slices.Clip(chain), moduleName(rel))
-		for _, d := range idx.deps[rel] {
-			if err := visit(d, next); err != nil {
+		// depmod lists the deepest dependencies last and modprobe loads the
+		// list from its end: walking it backwards gives modprobe's order.
+		deps := idx.deps[rel]
+		for i := len(deps) - 1; i >= 0; i-- {
+			if err := visit(deps[i], next); err != nil {
 				return err
 			}
 		}

@@ -7,8 +7,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/vmtest/images"
 	"github.com/skbstore/vmtest/kernels"
@@ -26,6 +29,7 @@ type vmFlags struct {
 	results string
 	console bool
 	qemu    string
+	vms     int
 	append  string
 }
 
@@ -40,13 +44,14 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to stderr while it runs")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
+	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
 }
 
 // args renders the flags for a child `vmtest exec`.
 func (f *vmFlags) args() []string {
 	a := []string{
 		"-kernel", f.kernel, "-accel", f.accel, "-memory", fmt.Sprint(f.memory), "-cpus", fmt.Sprint(f.cpus),
-		"-timeout", f.timeout.String(),
+		"-timeout", f.timeout.String(), "-vms", fmt.Sprint(f.vms),
 	}
 	if f.modules != "" {
 		a = append(a, "-modules", f.modules)
@@ -73,15 +78,15 @@ func (f *vmFlags) moduleNames() []string {
 	return names
 }
 
-// prepared is what every boot of a run shares.
+// prepared is what every boot on one kernel shares.
 type prepared struct {
 	kernel  *kernels.Kernel
 	modules []vmtest.Module
 	base    string
 }
 
-// prepare fetches the kernel and builds the base image, reporting progress.
-func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, error) {
+// prepareKernel fetches the kernel and resolves the modules to load.
+func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, error) {
 	cache, err := kernels.NewCache()
 	if err != nil {
 		return nil, err
@@ -92,9 +97,6 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 		return nil, err
 	}
 	p := &prepared{kernel: k}
-	if dir, err := cacheDir(); err == nil {
-		vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
-	}
 	if names := f.moduleNames(); len(names) > 0 {
 		mods, err := k.ResolveModules(names...)
 		if err != nil {
@@ -108,19 +110,44 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 			})
 		}
 	}
-	if b := os.Getenv("VMTEST_BASE_IMAGE"); b != "" {
-		p.base = b
-		return p, nil
+	return p, nil
+}
+
+// prepare is prepareKernel plus the base image: from $VMTEST_BASE_IMAGE when
+// vmtest run already built it, else built or found in the cache.
+func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, error) {
+	p, err := prepareKernel(ctx, f, progress)
+	if err != nil {
+		return nil, err
 	}
 	dir, err := cacheDir()
 	if err != nil {
 		return nil, err
+	}
+	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
+	if b := os.Getenv("VMTEST_BASE_IMAGE"); b != "" {
+		p.base = b
+		return p, nil
 	}
 	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress})
 	if err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// defaultVMs is how many guests fit: one per CPU (a TCG guest keeps a host
+// CPU busy), and no more than half the memory allows.
+func defaultVMs(memoryMB int) int {
+	n := runtime.NumCPU()
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil && memoryMB > 0 {
+		total := int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
+		if byMem := total / 2 / (memoryMB + 128); byMem < n {
+			n = byMem
+		}
+	}
+	return max(n, 1)
 }
 
 func cacheDir() (string, error) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/skbstore/vmtest/images"
 	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/vmtest/vmtest/internal/slots"
 )
 
 // maxTestdata bounds the testdata directory copied into the guest.
@@ -55,7 +56,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if id == "" || strings.ContainsAny(id, " /") {
 		id = "test"
 	}
-	outDir, keep, err := execOutDir(f.results, id)
+	outDir, keep, err := execOutDir(f.results, runName(id))
 	if err != nil {
 		return 1, err
 	}
@@ -89,7 +90,19 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if os.Getenv("VMTEST_VERBOSE") != "" {
 		opts.Progress = os.Stderr
 	}
+	dir, err := cacheDir()
+	if err != nil {
+		return 1, err
+	}
+	if f.vms == 0 {
+		f.vms = defaultVMs(f.memory)
+	}
+	slot, err := slots.Acquire(ctx, filepath.Join(dir, "vm-slots"), f.vms)
+	if err != nil {
+		return 1, fmt.Errorf("wait for a free guest slot: %w", err)
+	}
 	res, err := vmtest.Run(ctx, opts)
+	slot.Release()
 	if err != nil {
 		return 1, err
 	}
@@ -102,6 +115,22 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// runName names the results directory of one boot after the package's
+// directory relative to where vmtest run started go test, so reports can tell
+// which package it was; else after the binary.
+func runName(id string) string {
+	root := os.Getenv("VMTEST_RUN_ROOT")
+	cwd, err := os.Getwd()
+	if root == "" || err != nil {
+		return id
+	}
+	rel, err := filepath.Rel(root, cwd)
+	if err != nil || rel == "." || !filepath.IsLocal(rel) {
+		return id
+	}
+	return rel
 }
 
 // execOutDir picks where one exec keeps its results: -results, else under

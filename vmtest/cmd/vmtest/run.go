@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,28 +10,45 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/kernels"
 	"github.com/skbstore/vmtest/vmtest"
 	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/vmtest/vmtest/report"
 )
+
+type runFlags struct {
+	vmFlags
+	json        bool
+	suites      string
+	rerunFailed string
+}
 
 func runCmd(ctx context.Context, args []string) (int, error) {
 	fs := flag.NewFlagSet("vmtest run", flag.ContinueOnError)
-	var f vmFlags
+	var f runFlags
 	f.register(fs)
-	jsonOut := fs.Bool("json", false, "print go test -json events on stdout instead of the human-readable report")
+	fs.BoolVar(&f.json, "json", false, "print go test -json events on stdout instead of the human-readable report")
+	fs.StringVar(&f.suites, "suites", "", "comma-separated test packages to run, by last path element (e.g. skbstore), out of the given patterns")
+	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest run [flags] [-- go test [packages] [go test flags]]\n\n"+
-			"Runs go test with each test binary executed in a guest booted from -kernel (one boot per\n"+
-			"package), then prints per-test results and \"N passed, N failed, N skipped\".\n"+
+			"Runs go test with each test binary executed in a guest (one boot per package and kernel),\n"+
+			"then prints per-test results and \"N passed, N failed, N skipped\". -kernel takes a\n"+
+			"comma-separated list or \"all\"; kernels run in parallel, at most -vms guests at a time.\n"+
 			"Exit status is 0 only when all tests passed and no guest failed or reported a kernel splat.\n"+
-			"Results go to -results (default ./vmtest-results), in a directory per run:\n"+
-			"  events.json            the go test -json stream\n"+
-			"  <pkg>/console.log      the guest console       <pkg>/dmesg.log   the whole kernel log\n"+
-			"  <pkg>/<pkg>.out        the test binary output  <pkg>/artifacts/  files the tests wrote to $VMTEST_ARTIFACTS\n"+
-			"  <pkg>/result.json      the runner's view: accelerator, boot time, exit status, splats, failure\n\nFlags:\n")
+			"Ctrl-C stops the guests, keeps what was gathered and writes the reports, marking what did\n"+
+			"not finish. Results go to -results (default ./vmtest-results), a directory per run:\n"+
+			"  report.json, junit.xml, summary.md   the reports (summary.md is also appended to $GITHUB_STEP_SUMMARY)\n"+
+			"  <kernel>/events.json                 the go test -json stream\n"+
+			"  <kernel>/<pkg dir>/                  one boot: console.log, dmesg.log, <pkg>.out (test output),\n"+
+			"                                       artifacts/ (files tests wrote to $VMTEST_ARTIFACTS), result.json\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -46,91 +64,348 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	if len(rest) < 2 || rest[0] != "go" || rest[1] != "test" {
 		return 2, fmt.Errorf("run wants a go test command after the flags, e.g. vmtest run -- go test ./pkg; to run a prebuilt binary use vmtest exec")
 	}
-	testArgs := rest[2:]
-	for _, a := range testArgs {
+	pkgs, testFlags := splitGoTestArgs(rest[2:])
+	for _, a := range testFlags {
 		if a == "-json" || a == "--json" {
-			*jsonOut = true
+			f.json = true
 		}
 	}
-	progress := io.Writer(os.Stderr)
-
-	p, err := prepare(ctx, &f, progress)
+	names, err := kernelNames(f.kernel)
 	if err != nil {
-		return 1, err
+		return 2, err
 	}
-	fmt.Fprintf(progress, "kernel %s: %s (%s)\n", f.kernel, p.kernel.Release, describePackages(p))
-	accel, err := vmtest.ChooseAccel(ctx, f.qemu, p.kernel.Image, f.accel)
-	if err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(progress, "accelerator: %s\n", accel)
-	f.accel = accel.Name
-
-	runDir, err := newRunDir(f.results, f.kernel)
-	if err != nil {
-		return 1, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return 1, err
-	}
-	execWords := append([]string{self, "exec"}, f.args()...)
-	goArgs := append([]string{"test", "-json", "-exec", quoteWords(execWords)}, testArgs...)
-	cmd := exec.CommandContext(ctx, "go", goArgs...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "VMTEST_RESULTS="+runDir, "VMTEST_BASE_IMAGE="+p.base)
-	cmd.Stderr = os.Stderr
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 30 * time.Second
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return 1, err
-	}
-	events, err := os.Create(filepath.Join(runDir, "events.json"))
-	if err != nil {
-		return 1, err
-	}
-	defer events.Close()
-
-	r := &gotest.Reader{Raw: events}
-	if *jsonOut {
-		r.Raw = io.MultiWriter(events, os.Stdout)
-	} else {
-		r.OnTest = func(t *gotest.Test) {
-			if strings.Contains(t.Name, "/") {
-				return // subtests are in the final report when they fail
-			}
-			fmt.Printf("%-4s %s %s (%.2fs)\n", strings.ToUpper(t.Outcome), shortName(t.Package), t.Name, t.Elapsed.Seconds())
+	perKernel := map[string][]string{} // extra go test args per kernel
+	if f.rerunFailed != "" {
+		names, pkgs, perKernel, err = rerunPlan(f.rerunFailed)
+		if err != nil {
+			return 2, err
 		}
-		r.OnPackage = func(pk *gotest.Package) {
-			fmt.Printf("%-4s package %s (%.1fs)\n", strings.ToUpper(pk.Outcome), pk.Name, pk.Elapsed.Seconds())
+		if len(names) == 0 {
+			fmt.Fprintf(os.Stderr, "vmtest: nothing failed in %s\n", f.rerunFailed)
+			return 0, nil
 		}
 	}
-	fmt.Fprintf(progress, "running %s in kernel %s; results in %s\n", strings.Join(append([]string{"go", "test"}, testArgs...), " "), f.kernel, runDir)
-	if err := cmd.Start(); err != nil {
-		return 1, fmt.Errorf("start go test: %w", err)
+	if f.suites != "" {
+		pkgs, err = selectSuites(ctx, pkgs, splitList(f.suites))
+		if err != nil {
+			return 2, err
+		}
 	}
-	sum, readErr := r.Read(stdout)
-	waitErr := cmd.Wait()
-	if !*jsonOut {
-		sum.Print(os.Stdout)
+	if f.vms == 0 {
+		f.vms = defaultVMs(f.memory)
 	}
-	fmt.Fprintf(progress, "results: %s\n", runDir)
-	if readErr != nil {
-		return 1, fmt.Errorf("read go test output: %w", readErr)
+
+	runDir, err := newRunDir(f.results)
+	if err != nil {
+		return 1, err
 	}
-	if ctx.Err() != nil {
-		return 1, errors.New("interrupted")
+	dir, err := cacheDir()
+	if err != nil {
+		return 1, err
 	}
-	if sum.Failed() {
+	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
+	fmt.Fprintf(os.Stderr, "vmtest: %s on kernel(s) %s, at most %d guest(s) at a time; results in %s\n",
+		strings.Join(append([]string{"go test"}, rest[2:]...), " "), strings.Join(names, ", "), f.vms, runDir)
+
+	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr})
+	if err != nil {
+		return 1, err
+	}
+
+	rep := &report.Report{Started: time.Now()}
+	st := newStatus(os.Stderr, names)
+	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, perKernel: perKernel}
+	var wg sync.WaitGroup
+	for _, n := range names {
+		k := &report.Kernel{Name: n}
+		rep.Kernels = append(rep.Kernels, k)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.runKernel(ctx, k)
+		}()
+	}
+	wg.Wait()
+	st.done()
+	rep.Finished = time.Now()
+	rep.Interrupted = ctx.Err() != nil
+	for _, k := range rep.Kernels {
+		if err := report.KernelFromDir(runDir, filepath.Join(runDir, k.Name), k); err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		}
+		if rep.Interrupted && k.Outcome != gotest.Pass && k.Outcome != gotest.Fail {
+			k.Outcome = gotest.Unfinished
+		}
+	}
+	if err := rep.Write(runDir); err != nil {
+		return 1, fmt.Errorf("write reports: %w", err)
+	}
+	if p := os.Getenv("GITHUB_STEP_SUMMARY"); p != "" {
+		if err := appendFile(p, rep.Markdown); err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: write $GITHUB_STEP_SUMMARY: %v\n", err)
+		}
+	}
+	if !f.json {
+		printSummary(os.Stdout, rep)
+	}
+	fmt.Fprintf(os.Stderr, "vmtest: results in %s (report.json, junit.xml, summary.md)\n", runDir)
+	if rep.Interrupted {
+		return 130, errors.New("interrupted: guests stopped, partial results kept")
+	}
+	t := rep.Total()
+	if rep.Failed() {
 		return 1, nil
 	}
-	if passed, _, skipped := sum.Counts(); passed+skipped == 0 {
-		return 1, errors.New("no test ran: check the package patterns and -run")
-	}
-	if waitErr != nil {
-		return 1, fmt.Errorf("go test: %w", waitErr)
+	if t.Passed+t.Skipped == 0 {
+		return 1, errors.New("no test ran: check the package patterns, -suites and -run")
 	}
 	return 0, nil
+}
+
+// matrix runs go test once per kernel.
+type matrix struct {
+	f         *runFlags
+	base      string
+	runDir    string
+	st        *status
+	pkgs      []string
+	testFlags []string
+	perKernel map[string][]string
+	fetchMu   sync.Mutex // one download at a time: they share the disk and the network
+	outMu     sync.Mutex
+}
+
+func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
+	start := time.Now()
+	defer func() { k.Duration = time.Since(start).Seconds() }()
+	kdir := filepath.Join(m.runDir, k.Name)
+	if err := os.MkdirAll(kdir, 0o755); err != nil {
+		k.Error = err.Error()
+		return
+	}
+	m.st.set(k.Name, "fetching")
+	m.fetchMu.Lock()
+	kf := m.f.vmFlags
+	kf.kernel = k.Name
+	p, err := prepareKernel(ctx, &kf, io.Discard)
+	m.fetchMu.Unlock()
+	if err != nil {
+		k.Error = err.Error()
+		k.Outcome = gotest.Fail
+		m.st.set(k.Name, "failed: "+err.Error())
+		return
+	}
+	k.Release, k.Source = p.kernel.Release, p.kernel.Source
+	for _, pk := range p.kernel.Packages {
+		k.Packages = append(k.Packages, pk.Name+" "+pk.Version)
+	}
+	accel, err := vmtest.ChooseAccel(ctx, m.f.qemu, p.kernel.Image, m.f.accel)
+	if err != nil {
+		k.Error = err.Error()
+		m.st.set(k.Name, "failed: "+err.Error())
+		return
+	}
+	m.st.println(os.Stderr, fmt.Sprintf("[%s] %s (%s), accelerator %s", k.Name, p.kernel.Release, describePackages(p), accel))
+	kf.accel = accel.Name
+	m.st.set(k.Name, "running")
+
+	self, err := os.Executable()
+	if err != nil {
+		k.Error = err.Error()
+		return
+	}
+	cwd, _ := os.Getwd()
+	execWords := append([]string{self, "exec"}, kf.args()...)
+	goArgs := append([]string{"test", "-json", "-exec", quoteWords(execWords)}, m.testFlags...)
+	goArgs = append(goArgs, m.perKernel[k.Name]...)
+	pkgs := m.pkgs
+	if len(pkgs) == 0 {
+		pkgs = []string{"./..."}
+	}
+	goArgs = append(goArgs, pkgs...)
+	cmd := exec.Command("go", goArgs...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		k.Error = err.Error()
+		return
+	}
+	events, err := os.Create(filepath.Join(kdir, "events.json"))
+	if err != nil {
+		k.Error = err.Error()
+		return
+	}
+	defer events.Close()
+	r := &gotest.Reader{Raw: events}
+	if m.f.json {
+		r.Raw = io.MultiWriter(events, &lockedWriter{mu: &m.outMu, w: os.Stdout})
+	}
+	r.OnTest = func(t *gotest.Test) {
+		if strings.Contains(t.Name, "/") {
+			return // subtests show in the final report when they fail
+		}
+		m.st.test(k.Name, t.Outcome == gotest.Fail)
+		if !m.f.json {
+			m.st.println(os.Stdout, fmt.Sprintf("%-4s [%s] %s %s (%.2fs)", strings.ToUpper(t.Outcome), k.Name, shortName(t.Package), t.Name, t.Elapsed.Seconds()))
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		k.Error = fmt.Sprintf("start go test: %v", err)
+		return
+	}
+	// On Ctrl-C the whole process group gets SIGINT: go test and every
+	// vmtest exec stop their guests and report what they have.
+	if _, err := r.Read(stdout); err != nil {
+		k.Error = fmt.Sprintf("read go test output: %v", err)
+	}
+	_ = cmd.Wait()
+	state := "done"
+	if ctx.Err() != nil {
+		state = "interrupted"
+	}
+	m.st.set(k.Name, fmt.Sprintf("%s in %.0fs", state, time.Since(start).Seconds()))
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func kernelNames(s string) ([]string, error) {
+	if s == "all" {
+		return kernels.Available(), nil
+	}
+	names := splitList(s)
+	if len(names) == 0 {
+		return nil, errors.New("no kernel given")
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] {
+			return nil, fmt.Errorf("kernel %s given twice", n)
+		}
+		seen[n] = true
+	}
+	return names, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// rerunPlan reads an earlier run's report.json and returns the kernels,
+// packages and per-kernel -run filters that cover what failed there.
+func rerunPlan(dir string) (names, pkgs []string, perKernel map[string][]string, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("rerun-failed: %w", err)
+	}
+	var rep report.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, nil, nil, fmt.Errorf("rerun-failed: %s: %w", dir, err)
+	}
+	perKernel = map[string][]string{}
+	pkgSet := map[string]bool{}
+	for _, k := range rep.Kernels {
+		if k.Outcome == gotest.Pass {
+			continue
+		}
+		tests := map[string]bool{}
+		whole := k.Error != "" || len(k.Suites) == 0
+		for _, s := range k.Suites {
+			if s.Outcome == gotest.Pass || s.Outcome == gotest.Skip {
+				continue
+			}
+			pkgSet[s.Package] = true
+			failedTests := 0
+			for _, t := range s.Tests {
+				if t.Outcome == gotest.Fail || t.Outcome == gotest.Unfinished {
+					top, _, _ := strings.Cut(t.Name, "/")
+					tests[top] = true
+					failedTests++
+				}
+			}
+			if failedTests == 0 || s.Failure != nil || len(s.Splats) > 0 {
+				whole = true
+			}
+		}
+		names = append(names, k.Name)
+		if !whole && len(tests) > 0 {
+			var list []string
+			for t := range tests {
+				list = append(list, regexp.QuoteMeta(t))
+			}
+			sort.Strings(list)
+			perKernel[k.Name] = []string{"-run", "^(" + strings.Join(list, "|") + ")$"}
+		}
+	}
+	for p := range pkgSet {
+		pkgs = append(pkgs, p)
+	}
+	sort.Strings(pkgs)
+	return names, pkgs, perKernel, nil
+}
+
+func printSummary(w io.Writer, rep *report.Report) {
+	for _, k := range rep.Kernels {
+		if k.Error != "" {
+			fmt.Fprintf(w, "\n--- FAIL: kernel %s: %s\n", k.Name, k.Error)
+		}
+		for _, s := range k.Suites {
+			for _, t := range s.Tests {
+				if t.Outcome == gotest.Fail || t.Outcome == gotest.Unfinished {
+					fmt.Fprintf(w, "\n--- %s: [%s] %s.%s\n%s", strings.ToUpper(t.Outcome), k.Name, s.Name, t.Name, indent(t.Output))
+				}
+			}
+			if p := s.Failure; p != nil {
+				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: guest %s\n%s", k.Name, s.Name, p.Error(), indent(s.Output))
+			} else if s.Outcome != gotest.Pass && s.Outcome != gotest.Skip && s.Counts.Failed+s.Counts.Unfinished > 0 && !hasFailedTest(s) {
+				fmt.Fprintf(w, "\n--- %s: [%s] package %s\n%s", strings.ToUpper(s.Outcome), k.Name, s.Package, indent(s.Output))
+			}
+			for _, sp := range s.Splats {
+				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: kernel %s: %s\n", k.Name, s.Name, sp.Kind, sp.Line)
+			}
+		}
+	}
+	t := rep.Total()
+	fmt.Fprintln(w)
+	for _, k := range rep.Kernels {
+		fmt.Fprintf(w, "kernel %-6s %-10s %d passed, %d failed, %d skipped (%s)\n", k.Name, k.Outcome, k.Counts.Passed, k.Counts.Failed+k.Counts.Unfinished, k.Counts.Skipped, k.Release)
+	}
+	fmt.Fprintf(w, "%d passed, %d failed, %d skipped\n", t.Passed, t.Failed+t.Unfinished, t.Skipped)
+}
+
+func hasFailedTest(s *report.Suite) bool {
+	for _, t := range s.Tests {
+		if t.Outcome == gotest.Fail || t.Outcome == gotest.Unfinished {
+			return true
+		}
+	}
+	return false
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("    " + l + "\n")
+	}
+	return b.String()
 }
 
 func describePackages(p *prepared) string {
@@ -151,12 +426,12 @@ func shortName(pkg string) string {
 	return pkg
 }
 
-// newRunDir makes results/<time>-<kernel> and points results/latest at it.
-func newRunDir(results, kernel string) (string, error) {
+// newRunDir makes results/<time> and points results/latest at it.
+func newRunDir(results string) (string, error) {
 	if results == "" {
 		results = "vmtest-results"
 	}
-	name := time.Now().Format("20060102-150405") + "-" + strings.NewReplacer("/", "_", " ", "_").Replace(filepath.Base(kernel))
+	name := time.Now().Format("20060102-150405")
 	dir := filepath.Join(results, name)
 	for i := 2; ; i++ {
 		if _, err := os.Stat(dir); os.IsNotExist(err) {
@@ -175,6 +450,18 @@ func newRunDir(results, kernel string) (string, error) {
 	_ = os.Remove(latest)
 	_ = os.Symlink(filepath.Base(dir), latest)
 	return abs, nil
+}
+
+func appendFile(path string, fn func(io.Writer) error) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := fn(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // quoteWords joins words for go test's -exec, which splits on spaces and

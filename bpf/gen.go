@@ -1,0 +1,6 @@
+package bpf
+
+// The BPF object and its Go bindings are generated and committed. Regenerate
+// them with `go generate ./bpf/...` (needs clang on PATH; ./gen.sh does the
+// same and ./check-generated.sh proves the committed files are current).
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v2" -target bpfel -type skb_value -type counters -type create_path -type free_path skbstore skbstore.c
