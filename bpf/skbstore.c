@@ -1,3 +1,5 @@
+//go:build ignore
+
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /*
  * skbstore: per-skb storage in an ordinary hash map keyed by the skb's

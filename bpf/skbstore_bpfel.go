@@ -76,8 +76,6 @@ type skbstoreSkbValue struct {
 	DeadPath   uint32
 }
 
-type skbstoreStrategy uint32
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.

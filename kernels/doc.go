@@ -5,10 +5,28 @@
 // between concurrent processes.
 //
 // A name may also be a path to a local kernel (a bzImage, or a directory
-// holding vmlinuz, config and lib/modules/<release>), which is used as is.
+// holding vmlinuz, config and lib/modules/<release>), which is used in
+// place.
 //
 // Fetching Debian kernels needs apt-get and dpkg-deb on the host (every
-// Debian or Ubuntu machine has them); the host's own apt configuration is
+// Debian or Ubuntu machine has them) and Debian's archive keyring
+// (debian-archive-keyring). The host's apt sources, hooks and pinning are
 // never read or changed: each kernel series gets a private apt
-// configuration, package lists and cache under the cache directory.
+// configuration; only the host's proxy and Release-date settings carry over.
+// kmod's depmod makes modules.dep when installed, else a slower pure-Go
+// generator does.
+//
+// The cache, under Cache.Dir/kernels:
+//
+//	apt/<series>/            private apt config, package lists, apt cache
+//	debs/<sha256>.deb        downloaded packages, named by their hash
+//	trees/<package>_<version>/
+//	    vmlinuz config System.map lib/modules/<release>/...
+//	    complete             metadata (JSON), written last
+//	resolved/<name>.json     what a name last resolved to, and when
+//	locks/, tmp/             flock files; staging on the same filesystem
+//
+// A tree without an intact complete marker, or whose files disagree with
+// it, is never returned: it is fetched again. Packages are checked against
+// the size and SHA256 of the signed package index before extraction.
 package kernels

@@ -91,10 +91,11 @@ type Module struct {
 
 // Failure kinds of a guest that did not finish normally.
 const (
-	FailPanic    = "kernel panic"
-	FailTimeout  = "timeout"
-	FailNoReport = "no report"
-	FailQEMU     = "qemu"
+	FailPanic     = "kernel panic"
+	FailTimeout   = "timeout"
+	FailCancelled = "cancelled"
+	FailNoReport  = "no report"
+	FailQEMU      = "qemu"
 )
 
 // Failure describes a run whose guest did not finish normally.
@@ -401,7 +402,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	case timedOut && ctx.Err() == context.DeadlineExceeded:
 		res.Failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("guest did not finish within %s (hung?)%s", opts.Timeout, rr.stage()), Console: tail}
 	case timedOut:
-		res.Failure = &Failure{Kind: FailTimeout, Message: "run cancelled" + rr.stage(), Console: tail}
+		res.Failure = &Failure{Kind: FailCancelled, Message: "run stopped before the guest finished" + rr.stage(), Console: tail}
 	case !rr.done:
 		msg := "guest stopped without reporting" + rr.stage()
 		if waitErr != nil {

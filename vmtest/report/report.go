@@ -128,7 +128,12 @@ func KernelFromDir(root, dir string, k *Kernel) error {
 	k.Dir = rel
 	f, err := os.Open(filepath.Join(dir, "events.json"))
 	if errors.Is(err, fs.ErrNotExist) {
-		if k.Outcome == "" {
+		switch {
+		case k.Error != "":
+			// The kernel could not run at all: that is one failure.
+			k.Outcome = gotest.Fail
+			k.Counts.Failed = 1
+		case k.Outcome == "":
 			k.Outcome = gotest.Unfinished
 		}
 		return nil
@@ -185,6 +190,9 @@ func KernelFromDir(root, dir string, k *Kernel) error {
 	switch {
 	case k.Error != "":
 		k.Outcome = gotest.Fail
+		if k.Counts.Failed+k.Counts.Unfinished == 0 {
+			k.Counts.Failed = 1
+		}
 	case k.Outcome == gotest.Unfinished:
 	case k.Counts.Failed > 0:
 		k.Outcome = gotest.Fail

@@ -47,7 +47,8 @@ func kernelsCmd(ctx context.Context, args []string) error {
 		fmt.Println("  (none)")
 	}
 	for _, k := range cached {
-		fmt.Printf("  %+v\n", k)
+		fmt.Printf("  %-8s %-28s %-8s %-22s %6.0f MB on disk, fetched %s\n", k.Name, k.Release, k.Source, k.Version,
+			float64(k.TreeSize+k.DebSize)/1e6, k.FetchedAt.Local().Format("2006-01-02 15:04"))
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/skbstore/vmtest/images"
@@ -206,7 +207,6 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		return
 	}
 	m.st.println(os.Stderr, fmt.Sprintf("[%s] %s (%s), accelerator %s", k.Name, p.kernel.Release, describePackages(p), accel))
-	kf.accel = accel.Name
 	m.st.set(k.Name, "running")
 
 	self, err := os.Executable()
@@ -226,6 +226,9 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	cmd := exec.Command("go", goArgs...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
 	cmd.Stderr = os.Stderr
+	// A process group of its own, so that stopping the run reaches go test
+	// and every vmtest exec under it however the signal came.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		k.Error = err.Error()
@@ -254,8 +257,23 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		k.Error = fmt.Sprintf("start go test: %v", err)
 		return
 	}
-	// On Ctrl-C the whole process group gets SIGINT: go test and every
-	// vmtest exec stop their guests and report what they have.
+	// When the run is stopped, SIGINT makes each vmtest exec stop its guest
+	// and keep what it has; SIGKILL follows if that takes too long.
+	exited := make(chan struct{})
+	defer close(exited)
+	go func() {
+		select {
+		case <-exited:
+			return
+		case <-ctx.Done():
+		}
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+	}()
 	if _, err := r.Read(stdout); err != nil {
 		k.Error = fmt.Sprintf("read go test output: %v", err)
 	}

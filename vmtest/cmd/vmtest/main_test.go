@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"encoding/xml"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/skbstore/vmtest/vmtest/report"
+)
+
+// These tests run the real vmtest binary: they boot Debian's 6.1 and 6.12
+// kernels under QEMU and run the sample guest tests in them.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func vmtestBin(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots real kernels under QEMU; skipped with -short")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmtest-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "vmtest")
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = err
+			t.Logf("%s", out)
+		}
+	})
+	require.NoError(t, buildErr)
+	return binPath
+}
+
+const moduleRoot = "../../.."
+
+func runVMTest(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(vmtestBin(t), args...)
+	cmd.Dir = moduleRoot
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	t.Logf("vmtest %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, o.String(), e.String())
+	return o.String(), e.String(), code
+}
+
+func readReport(t *testing.T, dir string) *report.Report {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	require.NoError(t, err)
+	var r report.Report
+	require.NoError(t, json.Unmarshal(b, &r))
+	return &r
+}
+
+func runDirOf(t *testing.T, results string) string {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
+	require.NoError(t, err)
+	return dir
+}
+
+type junitDoc struct {
+	Tests    int `xml:"tests,attr"`
+	Failures int `xml:"failures,attr"`
+	Skipped  int `xml:"skipped,attr"`
+	Suites   []struct {
+		Name  string `xml:"name,attr"`
+		Cases []struct {
+			Name    string    `xml:"name,attr"`
+			Failure *struct{} `xml:"failure"`
+			Skipped *struct{} `xml:"skipped"`
+		} `xml:"testcase"`
+	} `xml:"testsuite"`
+}
+
+func TestMatrixReportsMatchGuestResults(t *testing.T) {
+	results := t.TempDir()
+	stdout, _, code := runVMTest(t, "run", "-kernel", "6.1,6.12", "-results", results, "--",
+		"go", "test", "./vmtest/testdata/sample", "-run", "^(TestPass|TestFailOnPurpose|TestSkip)$")
+	assert.Equal(t, 1, code, "a failing test must fail the run")
+	assert.Contains(t, stdout, "2 passed, 2 failed, 2 skipped")
+	dir := runDirOf(t, results)
+
+	want := map[string]string{"TestPass": "pass", "TestFailOnPurpose": "fail", "TestSkip": "skip"}
+	rep := readReport(t, dir)
+	require.Len(t, rep.Kernels, 2)
+	assert.False(t, rep.Interrupted)
+	for i, name := range []string{"6.1", "6.12"} {
+		k := rep.Kernels[i]
+		assert.Equal(t, name, k.Name)
+		assert.True(t, strings.HasPrefix(k.Release, name+"."), "release %q", k.Release)
+		assert.NotEmpty(t, k.Packages, "the exact Debian package is recorded")
+		assert.Equal(t, "fail", k.Outcome)
+		require.Len(t, k.Suites, 1)
+		s := k.Suites[0]
+		got := map[string]string{}
+		for _, tt := range s.Tests {
+			got[tt.Name] = tt.Outcome
+		}
+		assert.Equal(t, want, got, "kernel %s", name)
+		assert.Equal(t, report.Counts{Passed: 1, Failed: 1, Skipped: 1}, s.Counts)
+		assert.NotEmpty(t, s.Accel)
+		assert.Positive(t, s.BootSeconds)
+
+		// The report agrees with what the guest itself printed.
+		out, err := os.ReadFile(filepath.Join(dir, s.Dir, "sample.out"))
+		require.NoError(t, err)
+		for test, outcome := range want {
+			assert.Contains(t, string(out), "--- "+strings.ToUpper(outcome)+": "+test+" ")
+		}
+		uname, err := os.ReadFile(filepath.Join(dir, s.Dir, "artifacts", "sample", "uname.txt"))
+		require.NoError(t, err)
+		assert.Equal(t, k.Release, string(uname))
+	}
+
+	b, err := os.ReadFile(filepath.Join(dir, "junit.xml"))
+	require.NoError(t, err)
+	var j junitDoc
+	require.NoError(t, xml.Unmarshal(b, &j))
+	assert.Equal(t, 6, j.Tests)
+	assert.Equal(t, 2, j.Failures)
+	assert.Equal(t, 2, j.Skipped)
+	require.Len(t, j.Suites, 2)
+	for _, s := range j.Suites {
+		for _, c := range s.Cases {
+			switch want[c.Name] {
+			case "pass":
+				assert.Nil(t, c.Failure, c.Name)
+				assert.Nil(t, c.Skipped, c.Name)
+			case "fail":
+				assert.NotNil(t, c.Failure, c.Name)
+			case "skip":
+				assert.NotNil(t, c.Skipped, c.Name)
+			default:
+				t.Errorf("unexpected test case %s in %s", c.Name, s.Name)
+			}
+		}
+	}
+
+	md, err := os.ReadFile(filepath.Join(dir, "summary.md"))
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "| suite | 6.1 | 6.12 |")
+	assert.Regexp(t, regexp.MustCompile(`\| sample \| \*\*FAIL\*\*, 1/2, 1 skipped \| \*\*FAIL\*\*, 1/2, 1 skipped \|`), string(md))
+	assert.Contains(t, string(md), "`TestFailOnPurpose` fail")
+
+	// Re-running the failures runs only the failed test, on both kernels.
+	results2 := t.TempDir()
+	_, _, code = runVMTest(t, "run", "-results", results2, "-rerun-failed", dir)
+	assert.Equal(t, 1, code)
+	rep2 := readReport(t, runDirOf(t, results2))
+	require.Len(t, rep2.Kernels, 2)
+	for _, k := range rep2.Kernels {
+		require.Len(t, k.Suites, 1)
+		require.Len(t, k.Suites[0].Tests, 1, "kernel %s", k.Name)
+		assert.Equal(t, "TestFailOnPurpose", k.Suites[0].Tests[0].Name)
+	}
+}
+
+func TestInterruptKeepsCompletedKernels(t *testing.T) {
+	results := t.TempDir()
+	cmd := exec.Command(vmtestBin(t), "run", "-kernel", "6.1,6.12", "-results", results, "--",
+		"go", "test", "./vmtest/testdata/sample", "-run", "^(TestPass|TestHangOn612)$")
+	cmd.Dir = moduleRoot
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+
+	// Interrupt once 6.1 is done and 6.12 hangs in its guest.
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(out.String(), "[6.1] done") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("6.1 never finished:\n%s", out.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	err := cmd.Wait()
+	t.Logf("output:\n%s", out.String())
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	assert.Equal(t, 130, ee.ExitCode())
+
+	dir := runDirOf(t, results)
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte("qemu")) && bytes.Contains(b, []byte(dir)) {
+			t.Errorf("QEMU left behind: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+
+	rep := readReport(t, dir)
+	assert.True(t, rep.Interrupted)
+	require.Len(t, rep.Kernels, 2)
+	k61, k612 := rep.Kernels[0], rep.Kernels[1]
+	assert.Equal(t, "pass", k61.Outcome)
+	assert.Equal(t, report.Counts{Passed: 2}, k61.Counts)
+	assert.Equal(t, "unfinished", k612.Outcome)
+	require.Len(t, k612.Suites, 1)
+	require.NotNil(t, k612.Suites[0].Failure)
+	assert.Equal(t, "cancelled", k612.Suites[0].Failure.Kind)
+	assert.FileExists(t, filepath.Join(dir, k612.Suites[0].Dir, "console.log"))
+	md, err := os.ReadFile(filepath.Join(dir, "summary.md"))
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "interrupted")
+}
+
+func TestBadInputFailsFast(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown kernel", []string{"run", "-kernel", "6.8", "--", "go", "test", "./vmtest/testdata/sample"}, "5.10"},
+		{"garbage kernel", []string{"run", "-kernel", "six", "--", "go", "test", "./vmtest/testdata/sample"}, "six"},
+		{"unknown suite", []string{"run", "-suites", "nosuch", "--", "go", "test", "./vmtest/..."}, "no suite named nosuch"},
+		{"not go test", []string{"run", "--", "make", "x"}, "go test"},
+		{"dynamic binary", []string{"exec", "/bin/true"}, "CGO_ENABLED=0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			args := append([]string{tt.args[0], "-results", t.TempDir()}, tt.args[1:]...)
+			_, stderr, code := runVMTest(t, args...)
+			assert.NotEqual(t, 0, code)
+			assert.Contains(t, stderr, tt.want)
+			assert.Less(t, time.Since(start), 30*time.Second)
+		})
+	}
+}
