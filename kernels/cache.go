@@ -530,6 +530,13 @@ func describeTree(stage, release string) (treeMeta, error) {
 	}
 	modDir := filepath.Join(stage, treeModulesRel(release))
 	st, err := os.Stat(filepath.Join(modDir, "modules.dep"))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(modDir); errors.Is(err, os.ErrNotExist) {
+			m.ModulesDepSize = -1 // a kernel without modules
+			_, m.DiskBytes, err = treeStats(stage)
+			return m, err
+		}
+	}
 	if err != nil {
 		return m, err
 	}

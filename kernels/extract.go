@@ -22,13 +22,8 @@ const (
 
 func treeModulesRel(release string) string { return filepath.Join("lib", "modules", release) }
 
-// assembleTree unpacks the .deb files into stage and keeps only what a VM
-// needs, in one layout whatever the Debian packaging:
-//
-//	vmlinuz, config, System.map, lib/modules/<release>/...
-//
-// Kernels up to 6.x ship boot/vmlinuz-<rel> and lib/modules/<rel>; 7.x ships
-// everything under usr/lib/modules/<rel>, split over several packages.
+// assembleTree unpacks the .deb files into stage and lays them out with
+// arrangeTree.
 func assembleTree(ctx context.Context, stage string, debs []string) (release string, err error) {
 	dpkgDeb, err := exec.LookPath("dpkg-deb")
 	if err != nil {
@@ -46,6 +41,20 @@ func assembleTree(ctx context.Context, stage string, debs []string) (release str
 			return "", fmt.Errorf("dpkg-deb -x %s: %w: %s", deb, err, tail(stderr.String()))
 		}
 	}
+	return arrangeTree(stage, raw)
+}
+
+// arrangeTree moves what a VM needs from an unpacked file system image
+// (raw, inside stage) into one layout, whatever the packaging, and drops
+// the rest:
+//
+//	vmlinuz, config, System.map, lib/modules/<release>/...
+//
+// Debian's kernels up to 6.x ship boot/vmlinuz-<rel> and lib/modules/<rel>;
+// 7.x ships everything under usr/lib/modules/<rel>; OCI kernel images ship
+// boot/vmlinuz and maybe usr/lib/modules/<rel>. A kernel without modules
+// gets no lib/modules; its release comes from the bzImage header.
+func arrangeTree(stage, raw string) (release string, err error) {
 	modRoots := []string{filepath.Join(raw, "lib", "modules"), filepath.Join(raw, "usr", "lib", "modules")}
 	releases := map[string]bool{}
 	for _, r := range modRoots {
@@ -59,40 +68,52 @@ func assembleTree(ctx context.Context, stage string, debs []string) (release str
 			}
 		}
 	}
-	if len(releases) != 1 {
-		return "", fmt.Errorf("packages hold %d kernel releases under lib/modules, want 1", len(releases))
+	if len(releases) > 1 {
+		return "", fmt.Errorf("found %d kernel releases under lib/modules, want 1", len(releases))
 	}
 	for r := range releases {
 		release = r
 	}
 
-	modDir := filepath.Join(stage, treeModulesRel(release))
-	if err := os.MkdirAll(modDir, 0o755); err != nil {
-		return "", err
-	}
-	for _, r := range modRoots {
-		src := filepath.Join(r, release)
-		ents, err := os.ReadDir(src)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		} else if err != nil {
+	var modDir string
+	if release != "" {
+		modDir = filepath.Join(stage, treeModulesRel(release))
+		if err := os.MkdirAll(modDir, 0o755); err != nil {
 			return "", err
 		}
-		for _, e := range ents {
-			if err := os.Rename(filepath.Join(src, e.Name()), filepath.Join(modDir, e.Name())); err != nil {
-				return "", fmt.Errorf("packages clash on lib/modules/%s/%s: %w", release, e.Name(), err)
+		for _, r := range modRoots {
+			src := filepath.Join(r, release)
+			ents, err := os.ReadDir(src)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			} else if err != nil {
+				return "", err
+			}
+			for _, e := range ents {
+				if err := os.Rename(filepath.Join(src, e.Name()), filepath.Join(modDir, e.Name())); err != nil {
+					return "", fmt.Errorf("clash on lib/modules/%s/%s: %w", release, e.Name(), err)
+				}
 			}
 		}
 	}
 	// The image, config and map move out of the modules dir so it holds only
 	// what belongs in a guest's /lib/modules.
-	for dst, srcs := range map[string][]string{
-		treeImage:     {filepath.Join(raw, "boot", "vmlinuz-"+release), filepath.Join(modDir, "vmlinuz")},
-		treeConfig:    {filepath.Join(raw, "boot", "config-"+release), filepath.Join(modDir, "config")},
-		treeSystemMap: {filepath.Join(raw, "boot", "System.map-"+release), filepath.Join(modDir, "System.map")},
+	cands := func(name string) []string {
+		var c []string
+		if release != "" {
+			c = append(c, filepath.Join(raw, "boot", name+"-"+release), filepath.Join(modDir, name))
+		}
+		c = append(c, filepath.Join(raw, "boot", name), filepath.Join(raw, name))
+		if m, _ := filepath.Glob(filepath.Join(raw, "boot", name+"-*")); len(m) == 1 {
+			c = append(c, m[0])
+		}
+		return c
+	}
+	for _, f := range []struct{ dst, name string }{
+		{treeImage, "vmlinuz"}, {treeConfig, "config"}, {treeSystemMap, "System.map"},
 	} {
-		for _, src := range srcs {
-			if err := os.Rename(src, filepath.Join(stage, dst)); err == nil {
+		for _, src := range cands(f.name) {
+			if err := os.Rename(src, filepath.Join(stage, f.dst)); err == nil {
 				break
 			} else if !errors.Is(err, fs.ErrNotExist) {
 				return "", err
@@ -102,12 +123,16 @@ func assembleTree(ctx context.Context, stage string, debs []string) (release str
 	if err := os.RemoveAll(raw); err != nil {
 		return "", err
 	}
-	ok, err := isBzImage(filepath.Join(stage, treeImage))
+	img := filepath.Join(stage, treeImage)
+	ok, err := isBzImage(img)
 	if err != nil {
-		return "", fmt.Errorf("packages hold no kernel image for %s: %w", release, err)
+		return "", fmt.Errorf("no kernel image (boot/vmlinuz*) found: %w", err)
 	}
 	if !ok {
-		return "", fmt.Errorf("kernel image of %s is not a bzImage (no HdrS magic)", release)
+		return "", errors.New("kernel image is not a bzImage (no HdrS magic)")
+	}
+	if release == "" {
+		return bzImageRelease(img)
 	}
 	return release, nil
 }

@@ -28,7 +28,7 @@ type treeMeta struct {
 	ImageSize      int64        `json:"image_size"`
 	ImageSHA256    string       `json:"image_sha256"`
 	ConfigSize     int64        `json:"config_size"` // -1: no config
-	ModulesDepSize int64        `json:"modules_dep_size"`
+	ModulesDepSize int64        `json:"modules_dep_size"` // -1: no modules
 	ModuleFiles    int          `json:"module_files"` // all files under lib/modules/<release>
 	ModulesBytes   int64        `json:"modules_bytes"`
 	DiskBytes      int64        `json:"disk_bytes"` // whole tree
@@ -121,8 +121,10 @@ func checkTree(dir string, m treeMeta, deep bool) error {
 		}
 	}
 	modDir := filepath.Join(dir, treeModulesRel(m.Release))
-	if err := checkSize(filepath.Join(modDir, "modules.dep"), m.ModulesDepSize); err != nil {
-		return err
+	if m.ModulesDepSize >= 0 {
+		if err := checkSize(filepath.Join(modDir, "modules.dep"), m.ModulesDepSize); err != nil {
+			return err
+		}
 	}
 	if !deep {
 		return nil
@@ -133,6 +135,9 @@ func checkTree(dir string, m treeMeta, deep bool) error {
 	}
 	if sum != m.ImageSHA256 {
 		return fmt.Errorf("%s has SHA256 %s, recorded %s", img, sum, m.ImageSHA256)
+	}
+	if m.ModulesDepSize < 0 {
+		return nil
 	}
 	files, bytes, err := treeStats(modDir)
 	if err != nil {
@@ -179,7 +184,9 @@ func kernelFromTree(name, dir string, m treeMeta) *Kernel {
 		Source:     m.Source,
 		Packages:   slices.Clone(m.Packages),
 		Image:      filepath.Join(dir, treeImage),
-		ModulesDir: filepath.Join(dir, treeModulesRel(m.Release)),
+	}
+	if m.ModulesDepSize >= 0 {
+		k.ModulesDir = filepath.Join(dir, treeModulesRel(m.Release))
 	}
 	if m.ConfigSize >= 0 {
 		k.Config = filepath.Join(dir, treeConfig)
