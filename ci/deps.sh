@@ -19,6 +19,10 @@ need apt-get apt
 need dpkg-deb dpkg
 # depmod makes modules.dep for kernels whose packages ship none (7.x).
 need depmod kmod
+# Debian's archive signing keys, to verify the kernel packages (Ubuntu lacks them by default).
+if [ ! -e /usr/share/keyrings/debian-archive-keyring.gpg ] && [ ! -e /usr/share/keyrings/debian-archive-keyring.pgp ]; then
+	missing_pkgs+=(debian-archive-keyring)
+fi
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
 	exit 0
