@@ -10,12 +10,13 @@ VMTEST_ARGS ?=
 TESTFLAGS   ?=
 VMTEST      := bin/vmtest
 
-.PHONY: all vmtest test test-short deps bin/vmtest help
+.PHONY: all vmtest vmtest-matrix test test-short deps bin/vmtest help
 
 all: help
 
 help:
 	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel"
+	@echo "make vmtest-matrix         run the suites on every kernel of the matrix"
 	@echo "make test                  run the project's tests"
 
 deps:
@@ -25,8 +26,14 @@ deps:
 bin/vmtest:
 	CGO_ENABLED=0 $(GO) build -o $@ ./vmtest/cmd/vmtest
 
-vmtest: deps bin/vmtest
+vmvmtest-matrix: deps bin/vmtest
+	$(VMTEST) run -kernel all -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+
+test: deps bin/vmtest
 	$(VMTEST) run -kernel $(KERNEL) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+
+vmtest-matrix: deps bin/vmtest
+	$(VMTEST) run -kernel all -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 test: deps
 	$(GO) vet ./...

@@ -87,3 +87,34 @@ func TestHangOn612(t *testing.T) {
 		}
 	}
 }
+
+// TestModuleLoaded checks that veth was loaded by the guest agent from the
+// image (run it with -modules veth), and reports the kernel release as an
+// artifact.
+func TestModuleLoaded(t *testing.T) {
+	guestOnly(t)
+	b, err := os.ReadFile("/proc/modules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			loaded[f[0]] = true
+		}
+	}
+	for _, m := range []string{"veth"} {
+		if !loaded[m] {
+			t.Errorf("module %s is not loaded; loaded: %v", m, loaded)
+		}
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	if dir := os.Getenv("VMTEST_ARTIFACTS"); dir != "" {
+		if err := os.WriteFile(dir+"/uname.txt", []byte(unix.ByteSliceToString(u.Release[:])), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
