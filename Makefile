@@ -29,7 +29,7 @@ bin/vmtest:
 vmvmtest-matrix: deps bin/vmtest
 	$(VMTEST) run -kernel all -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
-test: deps bin/vmtest
+vmtest: deps bin/vmtest
 	$(VMTEST) run -kernel $(KERNEL) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 vmtest-matrix: deps bin/vmtest
