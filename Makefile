@@ -10,7 +10,7 @@ VMTEST_ARGS ?=
 TESTFLAGS   ?=
 VMTEST      := bin/vmtest
 
-.PHONY: all vmtest vmtest-matrix test test-short deps bin/vmtest help
+.PHONY: all vmtest vmtest-matrix bench test test-short deps bin/vmtest help
 
 all: help
 
@@ -18,6 +18,7 @@ help:
 	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel"
 	@echo "make vmtest-matrix         run the suites on every kernel of the matrix"
 	@echo "make test                  run the project's tests"
+	@echo "make bench                 measure the runner against a bare boot, per kernel"
 
 deps:
 	@ci/deps.sh
@@ -38,6 +39,10 @@ vmtest-matrix: deps bin/vmtest
 test: deps
 	$(GO) vet ./...
 	$(GO) test -timeout 60m ./... $(TESTFLAGS)
+
+# Runner against the floor on every kernel; the table also goes to vmtest-results/bench-runner.md.
+bench: deps bin/vmtest
+	$(VMTEST) bench -kernel all $(VMTEST_ARGS)
 
 test-short:
 	$(GO) test -short ./...

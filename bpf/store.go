@@ -562,6 +562,18 @@ func (s *Store) DropReasons() (map[string]uint64, error) {
 	return out, nil
 }
 
+// KnowsDropReason reports whether the running kernel's enum
+// skb_drop_reason has a value called name (without the SKB_DROP_REASON_
+// prefix), e.g. "NO_SOCKET". Always false before 5.17.
+func (s *Store) KnowsDropReason(name string) bool {
+	for _, n := range s.reasons {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
 // ProgramStats are a program's run statistics.
 type ProgramStats struct {
 	// Runs is how often the program ran.

@@ -63,7 +63,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	src, err := sourceDir(ctx, opts.SourceDir)
+	src, err := SourceDir(ctx, opts.SourceDir)
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -114,7 +114,10 @@ func goarch() string {
 	return runtime.GOARCH
 }
 
-func sourceDir(ctx context.Context, dir string) (string, error) {
+// SourceDir finds a directory from which this project's packages build: dir
+// if set, else $VMTEST_SRC, else the current directory's module when it is
+// this project or requires it.
+func SourceDir(ctx context.Context, dir string) (string, error) {
 	if dir == "" {
 		dir = os.Getenv("VMTEST_SRC")
 	}

@@ -50,7 +50,9 @@ type Cache struct {
 	// Keyring verifies the archive's signatures; "" means Debian's archive
 	// keyring from the debian-archive-keyring package.
 	Keyring string
-	// OCIRepo, if set, is where versions that Debian lacks are looked for.
+	// OCIRepo, if set, is an OCI repository of kernel images (one tag per
+	// version, e.g. ghcr.io/cilium/ci-kernels) where versions that Debian
+	// lacks are looked for: "6.8" is OCIRepo:6.8.
 	OCIRepo string
 
 	insecureArchive bool   // tests: trust an unsigned local archive
@@ -157,7 +159,7 @@ func (c *Cache) Get(ctx context.Context, name string) (*Kernel, error) {
 		if c.OCIRepo != "" {
 			k, err := c.getOCI(ctx, s)
 			if err != nil {
-				return nil, fmt.Errorf("fetch kernel %s from %s: %w", name, c.OCIRepo, err)
+				return nil, fmt.Errorf("fetch kernel %s from %s: %w (the Debian source offers %s)", name, c.OCIRepo, err, strings.Join(Available(), ", "))
 			}
 			return k, nil
 		}

@@ -6,7 +6,9 @@
 //
 // A name may also be a path to a local kernel (a bzImage, or a directory
 // holding vmlinuz, config and lib/modules/<release>), which is used in
-// place.
+// place. Versions Debian lacks come from an OCI repository of kernel images
+// (like cilium/ebpf's CI kernels) when Cache.OCIRepo or $VMTEST_OCI_REPO is
+// set.
 //
 // Fetching Debian kernels needs apt-get and dpkg-deb on the host (every
 // Debian or Ubuntu machine has them) and Debian's archive keyring
@@ -20,7 +22,8 @@
 //
 //	apt/<series>/            private apt config, package lists, apt cache
 //	debs/<sha256>.deb        downloaded packages, named by their hash
-//	trees/<package>_<version>/
+//	blobs/sha256/<hex>       downloaded OCI layers, named by their digest
+//	trees/<package>_<version>/ or trees/oci-<manifest digest>/
 //	    vmlinuz config System.map lib/modules/<release>/...
 //	    complete             metadata (JSON), written last
 //	resolved/<name>.json     what a name last resolved to, and when

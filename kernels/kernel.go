@@ -13,7 +13,7 @@ type Kernel struct {
 	Name       string       // what was asked for, e.g. "6.1"
 	Release    string       // `uname -r` of this kernel, e.g. "6.1.0-47-cloud-amd64"
 	Source     string       // "debian", "local" or "oci"
-	Packages   []PackageRef // exact Debian packages used; nil for other sources
+	Packages   []PackageRef // exact Debian packages used; for OCI the image (Version: digest), then its layers; nil for local
 	Image      string       // absolute path of the bootable bzImage/vmlinuz
 	Config     string       // absolute path of the kernel config, "" if unknown
 	ModulesDir string       // absolute path of lib/modules/<Release> (has modules.dep), "" if none

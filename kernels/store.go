@@ -27,9 +27,9 @@ type treeMeta struct {
 	Packages       []PackageRef `json:"packages"`
 	ImageSize      int64        `json:"image_size"`
 	ImageSHA256    string       `json:"image_sha256"`
-	ConfigSize     int64        `json:"config_size"` // -1: no config
+	ConfigSize     int64        `json:"config_size"`      // -1: no config
 	ModulesDepSize int64        `json:"modules_dep_size"` // -1: no modules
-	ModuleFiles    int          `json:"module_files"` // all files under lib/modules/<release>
+	ModuleFiles    int          `json:"module_files"`     // all files under lib/modules/<release>
 	ModulesBytes   int64        `json:"modules_bytes"`
 	DiskBytes      int64        `json:"disk_bytes"` // whole tree
 	Depmod         string       `json:"depmod"`     // "kmod" or "builtin"
@@ -179,11 +179,11 @@ func (c *Cache) openTree(s spec, res resolution) (*Kernel, error) {
 
 func kernelFromTree(name, dir string, m treeMeta) *Kernel {
 	k := &Kernel{
-		Name:       name,
-		Release:    m.Release,
-		Source:     m.Source,
-		Packages:   slices.Clone(m.Packages),
-		Image:      filepath.Join(dir, treeImage),
+		Name:     name,
+		Release:  m.Release,
+		Source:   m.Source,
+		Packages: slices.Clone(m.Packages),
+		Image:    filepath.Join(dir, treeImage),
 	}
 	if m.ModulesDepSize >= 0 {
 		k.ModulesDir = filepath.Join(dir, treeModulesRel(m.Release))

@@ -77,6 +77,9 @@ func (r *resultReader) handle(f proto.Frame) {
 		r.command(f.Name)
 		r.current = f.Name
 	case proto.TypeOutput:
+		if r.res.FirstOutput == 0 {
+			r.res.FirstOutput = time.Since(r.start)
+		}
 		c := r.command(f.Name)
 		c.Output = append(c.Output, f.Payload...)
 		if r.opts.Output != nil {

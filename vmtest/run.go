@@ -123,9 +123,14 @@ type Result struct {
 	// Release is the guest's `uname -r`, empty if the agent never started.
 	Release string
 	// Boot is the time from QEMU start to the agent's first report.
-	Boot     time.Duration
-	Duration time.Duration
-	Commands []CommandResult
+	Boot time.Duration
+	// FirstOutput is the time from QEMU start to the first output of a
+	// command (for a Go test, its first event).
+	FirstOutput time.Duration
+	Duration    time.Duration
+	// QEMUMaxRSS is the peak resident memory of the QEMU process, in bytes.
+	QEMUMaxRSS int64
+	Commands   []CommandResult
 	// Log holds the agent's own messages (a module that failed to load...).
 	Log    []string
 	Splats []Splat
@@ -299,8 +304,12 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []st
 	args = append(args,
 		"-kernel", opts.Kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-		"-chardev", fmt.Sprintf("socket,id=res,fd=%d", resultFD), "-serial", "chardev:res",
 	)
+	if resultFD >= 0 {
+		args = append(args, "-chardev", fmt.Sprintf("socket,id=res,fd=%d", resultFD), "-serial", "chardev:res")
+	} else {
+		args = append(args, "-chardev", "null,id=res", "-serial", "chardev:res")
+	}
 	return args
 }
 
@@ -388,6 +397,11 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	}
 	res.Duration = time.Since(start)
 	rr.finish()
+	if ps := cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			res.QEMUMaxRSS = ru.Maxrss * 1024
+		}
+	}
 
 	seen := map[string]bool{}
 	if b, err := os.ReadFile(consoleLog.Name()); err == nil {
@@ -415,6 +429,51 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 		res.Failure = &Failure{Kind: FailNoReport, Message: msg, Console: tail}
 	}
 	return nil
+}
+
+// Floor boots kernel with an initramfs that is used as it is, typically a
+// trivial /init that powers off at once, and returns the time from QEMU's
+// start to its exit. It uses the same machine and accelerator as Run, so the
+// two can be compared: the difference is what vmtest itself costs.
+func Floor(ctx context.Context, opts Options, initramfs string) (time.Duration, AccelChoice, error) {
+	qemu, err := findQEMU(opts.QEMU)
+	if err != nil {
+		return 0, AccelChoice{}, err
+	}
+	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
+	if err != nil {
+		return 0, accel, err
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	// The floor has no result port: an unconnected chardev keeps the
+	// machine identical to Run's.
+	args := qemuArgs(opts, accel, initramfs, -1)
+	cmd := exec.CommandContext(ctx, qemu, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	var out strings.Builder
+	cmd.Stdout = &limitedWriter{w: &out, n: 1 << 20}
+	cmd.Stderr = cmd.Stdout
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, accel, fmt.Errorf("floor boot: %w: %s", err, lastLines(out.String(), 5))
+	}
+	d := time.Since(start)
+	if !strings.Contains(out.String(), "floorinit: reached /init") {
+		return d, accel, fmt.Errorf("floor boot never reached /init: %s", lastLines(out.String(), 5))
+	}
+	return d, accel, nil
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, " | ")
 }
 
 type limitedWriter struct {

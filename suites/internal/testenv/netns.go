@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 
@@ -32,8 +33,8 @@ func InNetns(ns netns.NsHandle, fn func() error) error {
 	return <-done
 }
 
-// NewNetns creates a network namespace with its loopback up, without
-// moving the calling thread into it.
+// NewNetns creates a network namespace with its loopback up and IPv6 off,
+// without moving the calling thread into it.
 func NewNetns() (netns.NsHandle, error) {
 	type res struct {
 		h   netns.NsHandle
@@ -48,6 +49,10 @@ func NewNetns() (netns.NsHandle, error) {
 			if lo, err = netlink.LinkByName("lo"); err == nil {
 				err = netlink.LinkSetUp(lo)
 			}
+			// No IPv6: its autoconfiguration traffic on the veth would
+			// mix with the test's. Kernels without IPv6 lack the files.
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0o644)
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0o644)
 			if err != nil {
 				h.Close()
 			}

@@ -3,6 +3,7 @@
 //	vmtest run  [flags] [-- go test [packages] [test flags]]
 //	vmtest exec [flags] TESTBINARY [test flags]   (for go test -exec)
 //	vmtest kernels [-fetch VERSION]
+//	vmtest bench [-kernel all] [-n 5]
 //
 // See `vmtest help` for details.
 package main
@@ -38,6 +39,11 @@ Usage:
       Lists the kernel versions that can be fetched and those already cached;
       with -fetch, fetches one.
 
+  vmtest bench [-kernel all] [-n 5]
+      Measures the runner against the floor (the same kernel booting a trivial
+      /init that powers off) and the matrix wall time, one guest at a time and
+      in parallel; prints a table and writes it to the results directory.
+
 Kernels are named by version (5.10, 6.1, 6.12, 7.2, 7.3; default 6.1) and come
 from Debian's archive into a cache ($VMTEST_CACHE_DIR, else
 $XDG_CACHE_HOME/skbstore-vmtest); a path to a bzImage also works.
@@ -49,7 +55,7 @@ Environment:
   VMTEST_CACHE_DIR  where kernels and images are cached
   VMTEST_SRC        a checkout of this project, when vmtest is run outside it
 
-Run "vmtest run -h" or "vmtest exec -h" for flags.
+Run "vmtest run -h", "vmtest exec -h" or "vmtest bench -h" for flags.
 `
 
 func main() {
@@ -69,6 +75,8 @@ func main() {
 		code, err = execCmd(ctx, os.Args[2:])
 	case "kernels":
 		err = kernelsCmd(ctx, os.Args[2:])
+	case "bench":
+		err = benchCmd(ctx, os.Args[2:])
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return

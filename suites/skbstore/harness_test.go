@@ -1,0 +1,406 @@
+package skbstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/skbstore/vmtest/bpf"
+	"github.com/skbstore/vmtest/suites/internal/artifacts"
+	"github.com/skbstore/vmtest/suites/internal/testenv"
+)
+
+// check is one assertion of a run. Must checks fail the test; the others
+// are findings, recorded but never failing.
+type check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Must   bool   `json:"must"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// leakReport describes the entries left in the map after the traffic and
+// its sockets are gone.
+type leakReport struct {
+	Count        int            `json:"count"`
+	ByCreatedBy  map[string]int `json:"by_created_by"`
+	ByFreedBy    map[string]int `json:"by_freed_by"`
+	ByGeneration map[string]int `json:"by_generation"`
+	Samples      []bpf.Entry    `json:"samples,omitempty"`
+}
+
+// runResult is what one (suite, case, strategy, variant) run measured.
+type runResult struct {
+	Suite       string            `json:"suite"`
+	Case        string            `json:"case,omitempty"`
+	Kernel      string            `json:"kernel"`
+	KernelInfo  *bpf.KernelInfo   `json:"kernel_info,omitempty"`
+	Strategy    bpf.Strategy      `json:"strategy"`
+	Variant     bpf.MapVariant    `json:"variant"`
+	MaxEntries  uint32            `json:"max_entries"`
+	ObserveLeak bool              `json:"observe_leaks"`
+	Verdict     string            `json:"verdict"`
+	Reason      string            `json:"reason,omitempty"`
+	Programs    []bpf.ProgramInfo `json:"programs,omitempty"`
+	Skipped     []bpf.SkippedHook `json:"skipped_hooks,omitempty"`
+	Traffic     map[string]any    `json:"traffic,omitempty"`
+	Counters    *bpf.Counters     `json:"counters,omitempty"`
+	DropReasons any               `json:"drop_reasons,omitempty"`
+	Leaks       *leakReport       `json:"leaks,omitempty"`
+	Stale       map[string]uint64 `json:"stale,omitempty"`
+	Evicted     *int64            `json:"lru_evicted,omitempty"`
+	Checks      []check           `json:"checks"`
+	DurationMS  int64             `json:"duration_ms"`
+	Extra       map[string]any    `json:"extra,omitempty"`
+}
+
+// suiteLog collects a suite's runs and writes skbstore/<suite>.json when
+// the top-level test ends, whatever the outcome.
+type suiteLog struct {
+	name string
+	mu   sync.Mutex
+	runs []*runResult
+}
+
+func newSuite(t *testing.T, name string) *suiteLog {
+	testenv.RequireGuest(t)
+	s := &suiteLog{name: name}
+	t.Cleanup(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		artifacts.SaveJSON(t, "skbstore/"+name+".json", map[string]any{
+			"suite":  name,
+			"kernel": testenv.KernelRelease(),
+			"runs":   s.runs,
+		})
+	})
+	return s
+}
+
+func (s *suiteLog) add(r *runResult) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.runs = append(s.runs, r)
+}
+
+// run is the state of one subtest.
+type run struct {
+	t     *testing.T
+	store *bpf.Store
+	res   *runResult
+}
+
+// must records a check that fails the test when !ok.
+func (r *run) must(name string, ok bool, format string, args ...any) {
+	r.t.Helper()
+	d := fmt.Sprintf(format, args...)
+	r.res.Checks = append(r.res.Checks, check{Name: name, OK: ok, Must: true, Detail: d})
+	if !ok {
+		r.t.Errorf("%s: %s", name, d)
+	}
+}
+
+// finding records a measured property that does not fail the test.
+func (r *run) finding(name string, ok bool, format string, args ...any) {
+	r.t.Helper()
+	d := fmt.Sprintf(format, args...)
+	r.res.Checks = append(r.res.Checks, check{Name: name, OK: ok, Detail: d})
+	r.t.Logf("finding %s ok=%v: %s", name, ok, d)
+}
+
+// traffic records a traffic figure.
+func (r *run) traffic(k string, v any) {
+	if r.res.Traffic == nil {
+		r.res.Traffic = map[string]any{}
+	}
+	r.res.Traffic[k] = v
+}
+
+// extra records suite-specific data.
+func (r *run) extra(k string, v any) {
+	if r.res.Extra == nil {
+		r.res.Extra = map[string]any{}
+	}
+	r.res.Extra[k] = v
+}
+
+// counters reads the counters, failing the test on error.
+func (r *run) counters() bpf.Counters {
+	r.t.Helper()
+	c, err := r.store.Counters()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return c
+}
+
+// dropReasons reads the drop reasons, nil if the kernel has none.
+func (r *run) dropReasons() map[string]uint64 {
+	r.t.Helper()
+	m, err := r.store.DropReasons()
+	if errors.Is(err, bpf.ErrUnavailable) {
+		return nil
+	}
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return m
+}
+
+// config is one load configuration.
+type config struct {
+	strategy bpf.Strategy
+	variant  bpf.MapVariant
+}
+
+func (c config) String() string { return string(c.strategy) + "-" + string(c.variant) }
+
+// allConfigs is every strategy with every map variant.
+func allConfigs() []config {
+	var out []config
+	for _, s := range bpf.Strategies {
+		for _, v := range bpf.MapVariants {
+			out = append(out, config{s, v})
+		}
+	}
+	return out
+}
+
+// defaultOptions are the functional suites' options for c: track this
+// process's skbs, observe leaks, verify payloads.
+func defaultOptions(c config) bpf.Options {
+	return bpf.Options{
+		Strategy:      c.strategy,
+		MapVariant:    c.variant,
+		Filter:        bpf.Filter{TGID: uint32(os.Getpid())},
+		ObserveLeaks:  true,
+		VerifyPayload: true,
+	}
+}
+
+// runStore loads and attaches the programs with opts, runs body with them
+// and then checks and records the map: leaks, stale entries, consistency
+// of counters and entries. caseName distinguishes runs within a suite.
+func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, body func(r *run)) {
+	t.Helper()
+	start := time.Now()
+	ki, _ := bpf.Kernel()
+	res := &runResult{
+		Suite: s.name, Case: caseName, Kernel: testenv.KernelRelease(), KernelInfo: &ki,
+		Strategy: opts.Strategy, Variant: opts.MapVariant, MaxEntries: opts.MaxEntries,
+		ObserveLeak: opts.ObserveLeaks || opts.Strategy == bpf.StrategyComplete,
+		Verdict:     "fail",
+	}
+	if res.MaxEntries == 0 {
+		res.MaxEntries = bpf.DefaultMaxEntries
+	}
+	s.add(res)
+	r := &run{t: t, res: res}
+	defer func() {
+		res.DurationMS = time.Since(start).Milliseconds()
+		switch {
+		case t.Skipped():
+			res.Verdict = "skip"
+		case t.Failed():
+			res.Verdict = "fail"
+			if res.Reason == "" {
+				res.Reason = failedChecks(res.Checks)
+			}
+		default:
+			res.Verdict = "pass"
+		}
+	}()
+
+	store, err := bpf.Load(opts)
+	logDir := "verifier/" + string(opts.Strategy) + "-" + string(opts.MapVariant)
+	if err != nil {
+		res.Reason = err.Error()
+		var le *bpf.LoadError
+		if errors.As(err, &le) {
+			res.Skipped = le.Skipped
+			for prog, log := range le.Logs {
+				artifacts.Save(t, logDir+"/"+prog+".log", []byte(log))
+			}
+			var b strings.Builder
+			for _, f := range le.Failed {
+				fmt.Fprintf(&b, "\n--- %s (%s): %v\n%s", f.Program, f.Hook, f.Err, f.Log)
+			}
+			t.Fatalf("load: %v%s", err, b.String())
+		}
+		t.Fatalf("load: %v", err)
+	}
+	r.store = store
+	defer store.Close()
+	for prog, log := range store.VerifierLogs() {
+		artifacts.Save(t, logDir+"/"+prog+".log", []byte(log))
+	}
+	res.Skipped = store.Skipped()
+	for _, sk := range res.Skipped {
+		t.Logf("hook skipped: %s: %s", sk.Program, sk.Reason)
+	}
+	if err := store.Attach(); err != nil {
+		res.Reason = err.Error()
+		t.Fatalf("attach: %v", err)
+	}
+	res.Programs = store.Programs()
+
+	body(r)
+	if t.Failed() || t.Skipped() {
+		// Still record what the map holds.
+		r.finish(false)
+		return
+	}
+	r.finish(true)
+}
+
+// finish waits for the stack to settle, detaches the programs and checks
+// the final state of the map against the counters.
+func (r *run) finish(full bool) {
+	t := r.t
+	t.Helper()
+	complete := r.store.Options().Strategy == bpf.StrategyComplete
+
+	// Let deferred frees happen with the programs still attached, then
+	// wait until the map is empty ("complete") or stops changing.
+	deadline := time.Now().Add(5 * time.Second)
+	prev := -1
+	for {
+		if err := testenv.Settle(100 * time.Millisecond); err != nil {
+			t.Logf("settle: %v", err)
+		}
+		es, err := r.store.Entries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (complete && len(es) == 0) || (!complete && len(es) == prev) || time.Now().After(deadline) {
+			break
+		}
+		prev = len(es)
+	}
+	if err := r.store.Detach(); err != nil {
+		t.Errorf("detach: %v", err)
+	}
+	res := r.res
+	res.Programs = r.store.Programs()
+	c := r.counters()
+	res.Counters = &c
+	entries, err := r.store.Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dr := r.dropReasons(); dr != nil {
+		res.DropReasons = dr
+	} else {
+		res.DropReasons = "unavailable: kfree_skb tracepoint has no reason argument on this kernel"
+	}
+	res.Stale = map[string]uint64{"total": c.TotalStale()}
+	for i := 1; i < bpf.NumCreatePaths; i++ {
+		if c.Stale[i] > 0 {
+			res.Stale[bpf.CreatePath(i).String()] = c.Stale[i]
+		}
+	}
+	if c.IsAvailable("stale_after_leak") {
+		res.Stale["after_observed_leak"] = c.StaleAfterLeak
+	}
+	res.Stale["filtered_alloc_hit_entry"] = c.StaleFiltered
+
+	lr := &leakReport{Count: len(entries), ByCreatedBy: map[string]int{}, ByFreedBy: map[string]int{}, ByGeneration: map[string]int{}}
+	badPayload := 0
+	for _, e := range entries {
+		lr.ByCreatedBy[e.Value.CreatedBy.String()]++
+		lr.ByFreedBy[e.Value.FreedBy.String()]++
+		lr.ByGeneration[fmt.Sprint(e.Value.Generation)]++
+		if !e.Value.PayloadOK() {
+			badPayload++
+		}
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Value.CreatedTime < entries[j].Value.CreatedTime })
+	if len(entries) > 20 {
+		lr.Samples = entries[:20]
+	} else {
+		lr.Samples = entries
+	}
+	res.Leaks = lr
+	if !full {
+		return
+	}
+
+	// What must hold with either strategy.
+	r.must("payload_intact_at_delete", c.PayloadBad == 0, "%d deleted entries had a corrupted payload", c.PayloadBad)
+	r.must("payload_intact_in_map", badPayload == 0, "%d entries left in the map have a corrupted payload", badPayload)
+	r.must("no_update_errors", c.UpdateErrors == 0, "%d map updates failed for a reason other than a full map", c.UpdateErrors)
+	live := c.Live()
+	if r.store.Options().MapVariant == bpf.MapLRU {
+		ev := live - int64(len(entries))
+		res.Evicted = &ev
+		r.must("counts_consistent", ev >= 0, "LRU: inserted-deleted=%d, entries=%d: evicted %d must be >= 0", live, len(entries), ev)
+	} else {
+		r.must("counts_consistent", live == int64(len(entries)), "inserted %d - deleted %d = %d, but the map holds %d entries", c.Inserted(), c.TotalDeleted(), live, len(entries))
+	}
+
+	// Leaks and stale entries: a failure for "complete", the finding for
+	// "tracepoints".
+	leakMsg := fmt.Sprintf("%d entries left after traffic and sockets are gone (created by %v, freed-by observer %v, generation %v); leak_seen %v",
+		len(entries), lr.ByCreatedBy, lr.ByFreedBy, lr.ByGeneration, leakSeen(c))
+	staleMsg := fmt.Sprintf("stale %v", res.Stale)
+	if complete {
+		r.must("no_leaks", len(entries) == 0, "%s", leakMsg)
+		r.must("no_stale", c.TotalStale() == 0, "%s", staleMsg)
+	} else {
+		r.finding("no_leaks", len(entries) == 0, "%s", leakMsg)
+		r.finding("no_stale", c.TotalStale() == 0, "%s", staleMsg)
+	}
+	t.Logf("counters: %s", compact(c))
+}
+
+func leakSeen(c bpf.Counters) map[string]uint64 {
+	if !c.IsAvailable("leak_seen.__kfree_skb") && !c.IsAvailable("leak_seen.kfree_skbmem") {
+		return nil
+	}
+	m := map[string]uint64{}
+	for i := 1; i < bpf.NumFreePaths; i++ {
+		if c.LeakSeen[i] > 0 {
+			m[bpf.FreePath(i).String()] = c.LeakSeen[i]
+		}
+	}
+	return m
+}
+
+// compact renders the non-zero counters on one line.
+func compact(c bpf.Counters) string {
+	f := c.Flat()
+	keys := make([]string, 0, len(f))
+	for k, v := range f {
+		if v != 0 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%d ", k, f[k])
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func failedChecks(cs []check) string {
+	var out []string
+	for _, c := range cs {
+		if c.Must && !c.OK {
+			out = append(out, c.Name+": "+c.Detail)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// forEachConfig runs fn as a subtest per strategy and map variant.
+func forEachConfig(t *testing.T, fn func(t *testing.T, c config)) {
+	for _, c := range allConfigs() {
+		t.Run(c.String(), func(t *testing.T) { fn(t, c) })
+	}
+}

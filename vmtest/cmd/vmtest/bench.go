@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/u-root/mkuimage/cpio"
+
+	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/vmtest"
+)
+
+// benchCmd measures the runner against the floor: the same kernel and QEMU
+// machine booting a trivial /init that powers off at once.
+func benchCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("vmtest bench", flag.ContinueOnError)
+	var f vmFlags
+	f.register(fs)
+	n := fs.Int("n", 5, "boots per kernel and kind; the median is reported")
+	out := fs.String("out", "", "also write the table to this file (default <results>/bench-runner.md)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: vmtest bench [flags]\n\n"+
+			"For each -kernel (comma-separated or \"all\"), boots -n times a trivial static /init that powers\n"+
+			"off (the floor) and -n times the runner with a trivial test, interleaved, and prints medians:\n"+
+			"QEMU start to exit, QEMU start to the first test event, and the ratio runner/floor. Then runs\n"+
+			"the trivial test over all the kernels one at a time and -vms at a time. Under software\n"+
+			"emulation absolute times mean little; compare the ratios, measured in one run.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	names, err := kernelNames(f.kernel)
+	if err != nil {
+		return err
+	}
+	if f.vms == 0 {
+		f.vms = defaultVMs(f.memory)
+	}
+	tmp, err := os.MkdirTemp("", "vmtest-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	dir, err := cacheDir()
+	if err != nil {
+		return err
+	}
+	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
+	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr})
+	if err != nil {
+		return err
+	}
+	trivial, floorImg, err := benchBinaries(ctx, tmp)
+	if err != nil {
+		return err
+	}
+
+	type row struct {
+		kernel, release                    string
+		floor, runner, first, boot, initrd time.Duration
+		rss                                int64
+		accel                              string
+	}
+	var rows []row
+	preps := map[string]*prepared{}
+	for _, name := range names {
+		kf := f
+		kf.kernel = name
+		p, err := prepareKernel(ctx, &kf, os.Stderr)
+		if err != nil {
+			return err
+		}
+		preps[name] = p
+		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus,
+			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
+		var floors, runs, firsts, boots []time.Duration
+		var rss int64
+		var accel string
+		for i := 0; i < *n; i++ {
+			d, a, err := vmtest.Floor(ctx, opts, floorImg)
+			if err != nil {
+				return fmt.Errorf("kernel %s: %w", name, err)
+			}
+			floors = append(floors, d)
+			accel = a.Name
+			opts.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d", name, i))
+			res, err := vmtest.Run(ctx, opts)
+			if err != nil {
+				return fmt.Errorf("kernel %s: %w", name, err)
+			}
+			if err := res.Err(); err != nil {
+				return fmt.Errorf("kernel %s: trivial test failed: %w", name, err)
+			}
+			runs = append(runs, res.Duration)
+			firsts = append(firsts, res.FirstOutput)
+			boots = append(boots, res.Boot)
+			rss = max(rss, res.QEMUMaxRSS)
+			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs, runner %.2fs\n", name, i+1, d.Seconds(), res.Duration.Seconds())
+		}
+		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
+			first: median(firsts), boot: median(boots), rss: rss, accel: accel})
+	}
+
+	// The matrix: the trivial test on every kernel, one at a time, then
+	// -vms at a time.
+	matrix := func(parallel int) (time.Duration, error) {
+		sem := make(chan struct{}, parallel)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var firstErr error
+		start := time.Now()
+		for _, name := range names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				p := preps[name]
+				res, err := vmtest.Run(ctx, vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu,
+					MemoryMB: f.memory, CPUs: f.cpus, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
+					Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}})
+				if err == nil {
+					err = res.Err()
+				}
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("matrix on %s: %w", name, err)
+				}
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		return time.Since(start), firstErr
+	}
+	seq, err := matrix(1)
+	if err != nil {
+		return err
+	}
+	par, err := matrix(f.vms)
+	if err != nil {
+		return err
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s)\n\n", *n, rows[0].accel)
+	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
+	b.WriteString("Runner: vmtest with u-root init, the guest agent and a trivial Go test. Times are QEMU start to exit.\n")
+	b.WriteString("Under software emulation absolute times mean little: compare the ratios.\n\n")
+	b.WriteString("| kernel | release | floor | runner | runner/floor | first test event | agent up | QEMU peak RSS |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs | %.2fs | %d MiB |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.first.Seconds(), r.boot.Seconds(), r.rss>>20)
+	}
+	fmt.Fprintf(&b, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
+		len(names), seq.Seconds(), f.vms, par.Seconds())
+	fmt.Fprintf(&b, "\nparallel/sequential: %.2f\n", par.Seconds()/seq.Seconds())
+	fmt.Print(b.String())
+
+	path := *out
+	if path == "" {
+		results := f.results
+		if results == "" {
+			results = "vmtest-results"
+		}
+		if err := os.MkdirAll(results, 0o755); err != nil {
+			return err
+		}
+		path = filepath.Join(results, "bench-runner.md")
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "vmtest: bench table written to %s\n", path)
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// benchBinaries builds the trivial test binary and the floor's initramfs.
+func benchBinaries(ctx context.Context, tmp string) (trivial, floorImg string, err error) {
+	src, err := images.SourceDir(ctx, "")
+	if err != nil {
+		return "", "", err
+	}
+	trivial = filepath.Join(tmp, "trivial.test")
+	floorBin := filepath.Join(tmp, "floorinit")
+	for _, b := range [][]string{
+		{"test", "-c", "-o", trivial, "./vmtest/testdata/sample"},
+		{"build", "-trimpath", "-ldflags=-s -w", "-o", floorBin, "./vmtest/internal/floorinit"},
+	} {
+		cmd := exec.CommandContext(ctx, "go", b...)
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("go %s: %w: %s", strings.Join(b, " "), err, out)
+		}
+	}
+	data, err := os.ReadFile(floorBin)
+	if err != nil {
+		return "", "", err
+	}
+	floorImg = filepath.Join(tmp, "floor.cpio")
+	fimg, err := os.Create(floorImg)
+	if err != nil {
+		return "", "", err
+	}
+	defer fimg.Close()
+	w := cpio.NewDedupWriter(cpio.Newc.Writer(fimg))
+	recs := []cpio.Record{
+		cpio.Directory("dev", 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.StaticRecord(data, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(data)), NLink: 1}),
+	}
+	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
+		return "", "", err
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return "", "", err
+	}
+	return trivial, floorImg, nil
+}
