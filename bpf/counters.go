@@ -93,6 +93,8 @@ type Counters struct {
 	MapFull [NumCreatePaths]uint64
 	// UpdateErrors counts creations that failed for another reason.
 	UpdateErrors uint64
+	// UpdateErrno is the errno of the last such failure.
+	UpdateErrno uint64
 	// CloneUntracked counts clones and copies of skbs with no entry.
 	CloneUntracked uint64
 	// CloneOfDead counts clones of an skb whose entry was already marked
@@ -137,6 +139,9 @@ func (c *Counters) add(r *skbstoreCounters) {
 	c.StaleAfterLeak += r.StaleAfterLeak
 	c.StaleFiltered += r.StaleFiltered
 	c.UpdateErrors += r.UpdateErr
+	if r.UpdateErrno != 0 {
+		c.UpdateErrno = r.UpdateErrno
+	}
 	c.CloneUntracked += r.CloneUntracked
 	c.CloneOfDead += r.CloneOfDead
 	c.CopyOverAlloc += r.CopyOverAlloc
@@ -186,6 +191,7 @@ func (c Counters) Flat() map[string]uint64 {
 		"stale_after_leak":  c.StaleAfterLeak,
 		"stale_filtered":    c.StaleFiltered,
 		"update_errors":     c.UpdateErrors,
+		"update_errno":      c.UpdateErrno,
 		"clone_untracked":   c.CloneUntracked,
 		"clone_of_dead":     c.CloneOfDead,
 		"copy_over_alloc":   c.CopyOverAlloc,

@@ -84,6 +84,7 @@ struct counters {
 	__u64 stale_filtered;                  /* filtered-out alloc hit a key */
 	__u64 map_full[NR_CREATE_PATHS];       /* create failed: map full */
 	__u64 update_err;                      /* create failed otherwise */
+	__u64 update_errno;                    /* errno of the last such failure */
 	__u64 clone_untracked;                 /* clone/copy of an unknown skb */
 	__u64 clone_of_dead;                   /* parent entry was already freed */
 	__u64 copy_over_alloc;                 /* copy rewrote its inner alloc's entry */
@@ -156,7 +157,10 @@ static __always_inline int payload_ok(const struct skb_value *v)
 	return bad == 0;
 }
 
-static __always_inline int is_full(long err)
+/* Map helpers return a long, but before 6.5 the verifier turns hash map
+ * calls into direct calls of map ops that return int: the upper 32 bits of
+ * the result are then garbage. Errors are compared as int for that reason. */
+static __always_inline int is_full(int err)
 {
 	return err == -E2BIG || err == -ENOMEM;
 }
@@ -164,7 +168,7 @@ static __always_inline int is_full(long err)
 /* Writes v under key as a new entry, counting what happened on path cp. */
 static __always_inline void insert(struct counters *c, __u64 key, struct skb_value *v, __u32 cp)
 {
-	long err = bpf_map_update_elem(&skb_store, &key, v, BPF_NOEXIST);
+	int err = (int)bpf_map_update_elem(&skb_store, &key, v, BPF_NOEXIST);
 	if (err == 0) {
 		c->created[cp]++;
 		return;
@@ -176,14 +180,16 @@ static __always_inline void insert(struct counters *c, __u64 key, struct skb_val
 		if (old && old->dead_path)
 			c->stale_after_leak++;
 		c->stale[cp]++;
-		err = bpf_map_update_elem(&skb_store, &key, v, BPF_ANY);
+		err = (int)bpf_map_update_elem(&skb_store, &key, v, BPF_ANY);
 		if (err == 0)
 			return;
 	}
 	if (is_full(err))
 		c->map_full[cp]++;
-	else
+	else {
 		c->update_err++;
+		c->update_errno = -err;
+	}
 }
 
 static __always_inline int on_alloc(__u64 skb, __u32 cp)
@@ -269,8 +275,7 @@ static __always_inline int on_clone(__u64 parent, __u64 child, __u32 cp)
 		/* skb_copy and __pskb_copy_fclone allocate the copy with
 		 * __alloc_skb, whose fexit may just have created an entry for
 		 * it: that one is rewritten with the parent's data. */
-		long err = bpf_map_update_elem(&skb_store, &child, &nv, BPF_EXIST);
-		if (err == 0) {
+		if ((int)bpf_map_update_elem(&skb_store, &child, &nv, BPF_EXIST) == 0) {
 			c->copy_over_alloc++;
 			return 0;
 		}
@@ -310,7 +315,7 @@ static __always_inline void count_reason(struct counters *c, __u32 reason)
 		__sync_fetch_and_add(n, 1);
 		return;
 	}
-	if (bpf_map_update_elem(&drop_reasons, &reason, &one, BPF_NOEXIST) == 0)
+	if ((int)bpf_map_update_elem(&drop_reasons, &reason, &one, BPF_NOEXIST) == 0)
 		return;
 	n = bpf_map_lookup_elem(&drop_reasons, &reason);
 	if (n)
@@ -330,7 +335,7 @@ static __always_inline int delete(struct counters *c, __u64 key, __u32 fp)
 		c->payload_bad++;
 	if (v->dead_path)
 		c->deleted_dead++;
-	if (bpf_map_delete_elem(&skb_store, &key) != 0)
+	if ((int)bpf_map_delete_elem(&skb_store, &key) != 0)
 		return 0;
 	c->deleted[fp]++;
 	return 1;

@@ -24,6 +24,7 @@ type skbstoreCounters struct {
 	StaleFiltered  uint64
 	MapFull        [7]uint64
 	UpdateErr      uint64
+	UpdateErrno    uint64
 	CloneUntracked uint64
 	CloneOfDead    uint64
 	CopyOverAlloc  uint64

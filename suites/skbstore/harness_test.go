@@ -333,7 +333,7 @@ func (r *run) finish(full bool) {
 	// What must hold with either strategy.
 	r.must("payload_intact_at_delete", c.PayloadBad == 0, "%d deleted entries had a corrupted payload", c.PayloadBad)
 	r.must("payload_intact_in_map", badPayload == 0, "%d entries left in the map have a corrupted payload", badPayload)
-	r.must("no_update_errors", c.UpdateErrors == 0, "%d map updates failed for a reason other than a full map", c.UpdateErrors)
+	r.must("no_update_errors", c.UpdateErrors == 0, "%d map updates failed for a reason other than a full map (last errno %d)", c.UpdateErrors, c.UpdateErrno)
 	live := c.Live()
 	if r.store.Options().MapVariant == bpf.MapLRU {
 		ev := live - int64(len(entries))
