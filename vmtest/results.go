@@ -72,6 +72,7 @@ func (r *resultReader) handle(f proto.Frame) {
 		}
 		r.hello = true
 		r.res.Release = h.Release
+		r.res.AgentUptime = h.Uptime
 		r.res.Boot = time.Since(r.start)
 	case proto.TypeStart:
 		r.command(f.Name)

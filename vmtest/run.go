@@ -122,6 +122,8 @@ type Result struct {
 	Accel AccelChoice
 	// Release is the guest's `uname -r`, empty if the agent never started.
 	Release string
+	// AgentUptime is the guest's uptime when the agent started.
+	AgentUptime float64
 	// Boot is the time from QEMU start to the agent's first report.
 	Boot time.Duration
 	// FirstOutput is the time from QEMU start to the first output of a

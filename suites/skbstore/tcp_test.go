@@ -32,17 +32,18 @@ func TestTCP(t *testing.T) {
 	})
 	t.Run("veth", func(t *testing.T) {
 		testenv.RequireGuest(t)
+		// One pair for every configuration: it is checked for once, and
+		// only the first run sees the neighbour discovery traffic.
+		pair, err := testenv.NewVethPair()
+		if errors.Is(err, testenv.ErrNoVeth) {
+			t.Skipf("no veth on this kernel (the runner loads the module where there is one): %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pair.Close()
 		forEachConfig(t, func(t *testing.T, c config) {
 			s.runStore(t, "veth", defaultOptions(c), func(r *run) {
-				pair, err := testenv.NewVethPair()
-				if errors.Is(err, testenv.ErrNoVeth) {
-					r.res.Reason = err.Error()
-					t.Skipf("no veth on this kernel: %v", err)
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer pair.Close()
 				var ln net.Listener
 				if err := testenv.InNetns(pair.B, func() (err error) {
 					ln, err = net.Listen("tcp4", net.JoinHostPort(pair.AddrB.String(), "0"))

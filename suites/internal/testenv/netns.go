@@ -96,12 +96,12 @@ func NewVethPair() (*VethPair, error) {
 }
 
 func (p *VethPair) setup() error {
-	ha, err := netlink.NewHandleAt(p.A)
+	ha, err := netlink.NewHandleAt(p.A, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in netns A: %w", err)
 	}
 	defer ha.Close()
-	hb, err := netlink.NewHandleAt(p.B)
+	hb, err := netlink.NewHandleAt(p.B, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink in netns B: %w", err)
 	}
