@@ -210,24 +210,26 @@ func (s *Summary) Print(w io.Writer) {
 			}
 		}
 		for _, t := range failed {
-			fmt.Fprintf(w, "\n--- %s: %s.%s\n%s", strings.ToUpper(t.Outcome), shortPkg(p.Name), t.Name, indent(t.Output))
+			fmt.Fprintf(w, "\n--- %s: %s.%s\n%s", strings.ToUpper(t.Outcome), ShortName(p.Name), t.Name, Indent(t.Output))
 		}
 		if p.Outcome != Pass && p.Outcome != Skip && len(failed) == 0 {
-			fmt.Fprintf(w, "\n--- %s package %s\n%s", strings.ToUpper(p.Outcome), p.Name, indent(p.Output))
+			fmt.Fprintf(w, "\n--- %s package %s\n%s", strings.ToUpper(p.Outcome), p.Name, Indent(p.Output))
 		}
 	}
 	passed, failed, skipped := s.Counts()
 	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped\n", passed, failed, skipped)
 }
 
-func shortPkg(p string) string {
+// ShortName is the last element of an import path: how suites are named.
+func ShortName(p string) string {
 	if i := strings.LastIndexByte(p, '/'); i >= 0 {
 		return p[i+1:]
 	}
 	return p
 }
 
-func indent(s string) string {
+// Indent indents every line of s by four spaces.
+func Indent(s string) string {
 	if s == "" {
 		return ""
 	}

@@ -149,7 +149,7 @@ func KernelFromDir(root, dir string, k *Kernel) error {
 	}
 	runs := findRuns(dir)
 	for _, p := range sum.Packages {
-		s := &Suite{Package: p.Name, Name: shortName(p.Name), Outcome: p.Outcome, Elapsed: p.Elapsed.Seconds()}
+		s := &Suite{Package: p.Name, Name: gotest.ShortName(p.Name), Outcome: p.Outcome, Elapsed: p.Elapsed.Seconds()}
 		for _, t := range p.Tests {
 			rt := &Test{Name: t.Name, Outcome: t.Outcome, Elapsed: t.Elapsed.Seconds()}
 			if t.Outcome != gotest.Pass && t.Outcome != gotest.Skip {
@@ -293,13 +293,6 @@ func (s *Suite) addMetrics(path, prefix string) error {
 		}
 	}
 	return nil
-}
-
-func shortName(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
-	}
-	return p
 }
 
 // Write writes report.json, junit.xml and summary.md into dir.

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
+
+	"github.com/skbstore/vmtest/vmtest/gotest"
 )
 
 // goTestValueFlags are go test's flags that take their value as the next
@@ -64,7 +66,7 @@ func selectSuites(ctx context.Context, patterns, names []string) ([]string, erro
 	var pkgs []string
 	found := map[string]bool{}
 	for _, p := range all {
-		short := shortName(p)
+		short := gotest.ShortName(p)
 		if want[short] || want[p] {
 			pkgs = append(pkgs, p)
 			found[short], found[p] = true, true
@@ -79,7 +81,7 @@ func selectSuites(ctx context.Context, patterns, names []string) ([]string, erro
 	if len(missing) > 0 {
 		var avail []string
 		for _, p := range all {
-			avail = append(avail, shortName(p))
+			avail = append(avail, gotest.ShortName(p))
 		}
 		sort.Strings(avail)
 		return nil, fmt.Errorf("no suite named %s in %s; available: %s", strings.Join(missing, ", "),

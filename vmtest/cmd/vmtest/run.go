@@ -250,7 +250,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		}
 		m.st.test(k.Name, t.Outcome == gotest.Fail)
 		if !m.f.json {
-			m.st.println(os.Stdout, fmt.Sprintf("%-4s [%s] %s %s (%.2fs)", strings.ToUpper(t.Outcome), k.Name, shortName(t.Package), t.Name, t.Elapsed.Seconds()))
+			m.st.println(os.Stdout, fmt.Sprintf("%-4s [%s] %s %s (%.2fs)", strings.ToUpper(t.Outcome), k.Name, gotest.ShortName(t.Package), t.Name, t.Elapsed.Seconds()))
 		}
 	}
 	if err := cmd.Start(); err != nil {
@@ -385,13 +385,13 @@ func printSummary(w io.Writer, rep *report.Report) {
 		for _, s := range k.Suites {
 			for _, t := range s.Tests {
 				if t.Outcome == gotest.Fail || t.Outcome == gotest.Unfinished {
-					fmt.Fprintf(w, "\n--- %s: [%s] %s.%s\n%s", strings.ToUpper(t.Outcome), k.Name, s.Name, t.Name, indent(t.Output))
+					fmt.Fprintf(w, "\n--- %s: [%s] %s.%s\n%s", strings.ToUpper(t.Outcome), k.Name, s.Name, t.Name, gotest.Indent(t.Output))
 				}
 			}
 			if p := s.Failure; p != nil {
-				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: guest %s\n%s", k.Name, s.Name, p.Error(), indent(s.Output))
+				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: guest %s\n%s", k.Name, s.Name, p.Error(), gotest.Indent(s.Output))
 			} else if s.Outcome != gotest.Pass && s.Outcome != gotest.Skip && s.Counts.Failed+s.Counts.Unfinished > 0 && !hasFailedTest(s) {
-				fmt.Fprintf(w, "\n--- %s: [%s] package %s\n%s", strings.ToUpper(s.Outcome), k.Name, s.Package, indent(s.Output))
+				fmt.Fprintf(w, "\n--- %s: [%s] package %s\n%s", strings.ToUpper(s.Outcome), k.Name, s.Package, gotest.Indent(s.Output))
 			}
 			for _, sp := range s.Splats {
 				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: kernel %s: %s\n", k.Name, s.Name, sp.Kind, sp.Line)
@@ -415,17 +415,6 @@ func hasFailedTest(s *report.Suite) bool {
 	return false
 }
 
-func indent(s string) string {
-	if s == "" {
-		return ""
-	}
-	var b strings.Builder
-	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
-		b.WriteString("    " + l + "\n")
-	}
-	return b.String()
-}
-
 func describePackages(p *prepared) string {
 	var s []string
 	for _, pk := range p.kernel.Packages {
@@ -435,13 +424,6 @@ func describePackages(p *prepared) string {
 		return p.kernel.Source + " " + p.kernel.Image
 	}
 	return strings.Join(s, ", ")
-}
-
-func shortName(pkg string) string {
-	if i := strings.LastIndexByte(pkg, '/'); i >= 0 {
-		return pkg[i+1:]
-	}
-	return pkg
 }
 
 // newRunDir makes results/<time> and points results/latest at it.
