@@ -137,7 +137,7 @@ func TestExpectedPayload(t *testing.T) {
 	// Byte i is byte (i%8) of the root id, little-endian, xor 0x5b+29i.
 	assert.Equal(t, byte(0x08^0x5b), p[0])
 	assert.Equal(t, byte(0x07^byte(0x5b+29)), p[1])
-	assert.Equal(t, byte(0x08^byte(0x5b+(8*29)%256)), p[8])
+	assert.Equal(t, byte(0x08)^byte((0x5b+8*29)%256), p[8])
 	assert.NotEqual(t, p, ExpectedPayload(0x0102030405060709))
 	v := Value{RootID: 42, Payload: ExpectedPayload(42)}
 	assert.True(t, v.PayloadOK())
