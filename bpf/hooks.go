@@ -9,6 +9,7 @@ const (
 	kindTracepoint
 )
 
+// String returns the section prefix of the kind, e.g. "fexit".
 func (k hookKind) String() string {
 	switch k {
 	case kindFentry:

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,7 +102,6 @@ type Store struct {
 
 	coll     *ebpf.Collection // maps only
 	progs    map[string]*ebpf.Program
-	hooksBy  map[string]hook
 	targetOf map[string]string
 	logs     map[string]string
 	skipped  []SkippedHook
@@ -157,6 +157,10 @@ func Load(opts Options) (*Store, error) {
 	}
 	opts = opts.withDefaults()
 
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)
+	}
 	kspec, err := kernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load kernel BTF: %w", err)
@@ -178,7 +182,6 @@ func Load(opts Options) (*Store, error) {
 		opts:     opts,
 		kernel:   ki,
 		progs:    make(map[string]*ebpf.Program),
-		hooksBy:  make(map[string]hook),
 		targetOf: make(map[string]string),
 		logs:     make(map[string]string),
 	}
@@ -218,7 +221,6 @@ func Load(opts Options) (*Store, error) {
 		}
 		ps.AttachTo = target
 		s.targetOf[h.prog] = target
-		s.hooksBy[h.prog] = h
 		order = append(order, h)
 	}
 	loadErr.Skipped = s.skipped
@@ -241,12 +243,14 @@ func Load(opts Options) (*Store, error) {
 		prog, log, err := loadProgram(spec, h.prog, coll.Maps, cache)
 		s.logs[h.prog] = log
 		if err != nil {
+			if h.kind != kindTracepoint && errors.Is(err, unix.EPERM) {
+				err = fmt.Errorf("%w (the kernel refused a BPF trampoline to root: fentry/fexit are forbidden on this kernel or by a security policy; run the suites in a vmtest guest)", err)
+			}
 			pe := &ProgramError{Program: h.prog, Hook: s.targetOf[h.prog], Log: log, Err: err}
 			// A function that is in BTF but has no address (fully
 			// inlined) is a missing hook too.
 			if strings.Contains(log, "cannot be found") && !h.isRequired(opts.Strategy) {
 				s.skipped = append(s.skipped, SkippedHook{Program: h.prog, Hook: pe.Hook, Reason: fmt.Sprintf("%s %s: in BTF but not attachable: %v", h.kind, pe.Hook, err)})
-				delete(s.hooksBy, h.prog)
 				continue
 			}
 			loadErr.Failed = append(loadErr.Failed, pe)

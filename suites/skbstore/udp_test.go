@@ -3,10 +3,12 @@ package skbstore
 import (
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/skbstore/vmtest/bpf"
+	"github.com/skbstore/vmtest/suites/internal/testenv"
 )
 
 // TestAllocConsume sends UDP datagrams over loopback and reads them: every
@@ -31,6 +33,11 @@ func TestAllocConsume(t *testing.T) {
 			}
 			got := drain(p.rx, 500*time.Millisecond)
 			p.Close()
+			// Read skbs may be parked on a defer list (6.1+) until
+			// net_rx_action runs on the CPU that allocated them.
+			if err := testenv.Settle(100 * time.Millisecond); err != nil {
+				t.Logf("settle: %v", err)
+			}
 			after := r.counters()
 			r.traffic("sent", sent)
 			r.traffic("received", got)
@@ -40,10 +47,32 @@ func TestAllocConsume(t *testing.T) {
 			r.extra("created_alloc", created)
 			r.extra("deleted_consume", consumed)
 			r.must("created_per_datagram", created >= uint64(sent), "fexit __alloc_skb created %d entries for %d datagrams", created, sent)
-			r.must("consumed_per_datagram", consumed >= uint64(got), "consume_skb deleted %d entries for %d datagrams read", consumed, got)
-			r.finding("every_created_consumed", created == consumed, "created %d, deleted by consume_skb %d", created, consumed)
+			// The claim under test: on some kernels read datagrams are
+			// released on a path that does not trace consume_skb (e.g.
+			// deferred frees), so it is a finding, not a requirement. The
+			// leak check decides for "complete".
+			r.finding("consumed_per_datagram", consumed >= uint64(got), "consume_skb deleted %d entries for %d datagrams read", consumed, got)
+			r.finding("every_created_consumed", created == consumed, "created %d, deleted by consume_skb %d; other paths: %s", created, consumed, deltaPaths(before, after))
 		})
 	})
+}
+
+// deltaPaths renders the per-path deletions and observed releases between
+// two counter readings, e.g. "deleted.consume_skb=3 leak_seen.kfree_skbmem=2".
+func deltaPaths(before, after bpf.Counters) string {
+	var out []string
+	for i := 1; i < bpf.NumFreePaths; i++ {
+		if d := after.Deleted[i] - before.Deleted[i]; d > 0 {
+			out = append(out, fmt.Sprintf("deleted.%s=%d", bpf.FreePath(i), d))
+		}
+		if d := after.LeakSeen[i] - before.LeakSeen[i]; d > 0 {
+			out = append(out, fmt.Sprintf("leak_seen.%s=%d", bpf.FreePath(i), d))
+		}
+	}
+	if d := after.Deferred - before.Deferred; d > 0 {
+		out = append(out, fmt.Sprintf("deferred=%d", d))
+	}
+	return strings.Join(out, " ")
 }
 
 func setsockoptIntConn(c *net.UDPConn, rcvbuf int) error {
