@@ -6,6 +6,8 @@ GO          ?= go
 SUITES      ?= ./suites/...
 # Modules the suites need in the guest, loaded with their dependencies.
 MODULES     ?= veth
+# Two vCPUs: the skb suites need cross-CPU frees (deferred free, NAPI caches).
+CPUS        ?= 2
 VMTEST_ARGS ?=
 TESTFLAGS   ?=
 VMTEST      := bin/vmtest
@@ -28,15 +30,16 @@ bin/vmtest:
 	CGO_ENABLED=0 $(GO) build -o $@ ./vmtest/cmd/vmtest
 
 vmvmtest-matrix: deps bin/vmtest
-	$(VMTEST) run -kernel all -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+	$(VMTEST) run -kernel all -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 vmtest: deps bin/vmtest
-	$(VMTEST) run -kernel $(KERNEL) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+	$(VMTEST) run -kernel $(KERNEL) -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 vmtest-matrix: deps bin/vmtest
-	$(VMTEST) run -kernel all -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+	$(VMTEST) run -kernel all -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 test: deps
+	bpf/check-generated.sh
 	$(GO) vet ./...
 	$(GO) test -timeout 60m ./... $(TESTFLAGS)
 

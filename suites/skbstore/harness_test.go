@@ -78,8 +78,30 @@ func newSuite(t *testing.T, name string) *suiteLog {
 			"kernel": testenv.KernelRelease(),
 			"runs":   s.runs,
 		})
+		// The flat figures vmtest's reports put in the kernel matrix.
+		artifacts.SaveJSON(t, "metrics/"+name+".json", s.metrics())
 	})
 	return s
+}
+
+// metrics returns leaks and stale entries per case, strategy and map
+// variant, for the matrix in vmtest's reports (metrics/<suite>.json).
+func (s *suiteLog) metrics() map[string]any {
+	m := map[string]any{}
+	for _, r := range s.runs {
+		key := r.Case
+		if key == "" {
+			key = r.Suite
+		}
+		key = fmt.Sprintf("%s.%v-%v", key, r.Strategy, r.Variant)
+		if r.Leaks != nil {
+			m[key+".leaks"] = r.Leaks.Count
+		}
+		if total, ok := r.Stale["total"]; ok {
+			m[key+".stale"] = total
+		}
+	}
+	return m
 }
 
 func (s *suiteLog) add(r *runResult) {

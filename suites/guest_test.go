@@ -1,0 +1,79 @@
+// Package suites_test runs the skb storage suites the way `make vmtest` does:
+// in real guest kernels under QEMU, through the vmtest binary, and checks
+// what comes back.
+package suites_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/skbstore/vmtest/vmtest/report"
+)
+
+// guestKernels are the kernels CI runs the suites on; `make vmtest-matrix`
+// runs them on all.
+var guestKernels = []string{"6.1", "6.12"}
+
+func TestSuitesInGuests(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real kernels under QEMU; skipped with -short")
+	}
+	bin := filepath.Join(t.TempDir(), "vmtest")
+	build := exec.Command("go", "build", "-o", bin, "../vmtest/cmd/vmtest")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	results := t.TempDir()
+	cmd := exec.Command(bin, "run", "-kernel", strings.Join(guestKernels, ","), "-cpus", "2", "-modules", "veth",
+		"-results", results, "--", "go", "test", "./suites/skbstore")
+	cmd.Dir = ".."
+	out, err = cmd.CombinedOutput()
+	t.Logf("%s", out)
+	require.NoError(t, err, "the suites must pass in every guest")
+
+	dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	require.NoError(t, err)
+	var rep report.Report
+	require.NoError(t, json.Unmarshal(b, &rep))
+	require.Len(t, rep.Kernels, len(guestKernels))
+	for _, k := range rep.Kernels {
+		assert.Equal(t, "pass", k.Outcome, "kernel %s", k.Name)
+		require.Len(t, k.Suites, 1, "kernel %s", k.Name)
+		s := k.Suites[0]
+		assert.Empty(t, s.Splats, "kernel %s", k.Name)
+		assert.Positive(t, s.Counts.Passed, "kernel %s", k.Name)
+		assert.NotEmpty(t, s.VerifierLogs, "kernel %s: verifier logs are kept", k.Name)
+		for _, l := range s.VerifierLogs {
+			st, err := os.Stat(filepath.Join(dir, l))
+			if assert.NoError(t, err) {
+				assert.Positive(t, st.Size(), l)
+			}
+		}
+		// Both strategies were measured, and the complete one leaks nothing.
+		var tracepoints, complete int
+		for key, v := range s.Metrics {
+			switch {
+			case strings.Contains(key, ".tracepoints-") && strings.HasSuffix(key, ".leaks"):
+				tracepoints++
+			case strings.Contains(key, ".complete-") && strings.HasSuffix(key, ".leaks"):
+				complete++
+				assert.Zero(t, v, "kernel %s: %s", k.Name, key)
+			}
+		}
+		assert.Positive(t, tracepoints, "kernel %s: no leak figures for the tracepoints strategy", k.Name)
+		assert.Positive(t, complete, "kernel %s: no leak figures for the complete strategy", k.Name)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "summary.md"))
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "skbstore: measurements")
+}
