@@ -137,7 +137,26 @@ func (r *Report) metricsTables(b *strings.Builder, suites []string) {
 			sorted = append(sorted, m)
 		}
 		sort.Strings(sorted)
-		fmt.Fprintf(b, "\n### %s: measurements\n\n| metric |", name)
+		// Rows that are zero on every kernel say little in a table; they
+		// are counted here and kept in report.json.
+		var shown []string
+		for _, m := range sorted {
+			for _, k := range r.Kernels {
+				if s := k.suite(name); s != nil && s.Metrics[m] != 0 {
+					shown = append(shown, m)
+					break
+				}
+			}
+		}
+		fmt.Fprintf(b, "\n### %s: measurements\n\n", name)
+		if hidden := len(sorted) - len(shown); hidden > 0 {
+			fmt.Fprintf(b, "%d of %d metrics are 0 on every kernel and not shown (all are in report.json).\n\n", hidden, len(sorted))
+		}
+		if len(shown) == 0 {
+			continue
+		}
+		sorted = shown
+		b.WriteString("| metric |")
 		for _, k := range r.Kernels {
 			fmt.Fprintf(b, " %s |", k.Name)
 		}

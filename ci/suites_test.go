@@ -1,7 +1,4 @@
-// Package suites_test runs the skb storage suites the way `make vmtest` does:
-// in real guest kernels under QEMU, through the vmtest binary, and checks
-// what comes back.
-package suites_test
+package ci
 
 import (
 	"encoding/json"
@@ -16,6 +13,10 @@ import (
 
 	"github.com/skbstore/vmtest/vmtest/report"
 )
+
+// TestSuitesInGuests runs the skb storage suites the way `make vmtest` does:
+// in real guest kernels under QEMU, through the vmtest binary, and checks
+// what comes back.
 
 // guestKernels are the kernels CI runs the suites on; `make vmtest-matrix`
 // runs them on all.
