@@ -26,20 +26,16 @@ func TestBootEveryKernel(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			k, err := cache.Get(context.Background(), name)
 			require.NoError(t, err)
-			mods, err := k.ResolveModules("veth")
+			vm, err := vmtest.KernelModules(k, "veth")
 			require.NoError(t, err)
-			require.NotEmpty(t, mods)
-			var vm []vmtest.Module
-			for _, m := range mods {
-				vm = append(vm, vmtest.Module{Name: m.Name, Host: m.Path, Guest: filepath.Join("/lib/modules", k.Release, m.RelPath)})
-			}
+			require.NotEmpty(t, vm)
 			out := t.TempDir()
 			res, err := vmtest.Run(context.Background(), vmtest.Options{
 				Kernel: k.Image, BaseImage: e.base, Modules: vm, OutDir: out, Timeout: 3 * time.Minute,
 				Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestModuleLoaded$"}}},
 			})
 			require.NoError(t, err)
-			t.Logf("%s: %s (%s) boot %v, total %v, modules %d, compressed %v", name, res.Release, packageNames(k), res.Boot, res.Duration, len(mods), strings.HasSuffix(mods[len(mods)-1].Path, ".xz"))
+			t.Logf("%s: %s (%s) boot %v, total %v, modules %d, compressed %v", name, res.Release, packageNames(k), res.Boot, res.Duration, len(vm), strings.HasSuffix(vm[len(vm)-1].Host, ".xz"))
 			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
 			assert.Equal(t, k.Release, res.Release)
 			// The release names the package it came from.

@@ -68,12 +68,8 @@ func TestBootOCIKernel(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, kernels.SourceOCI, k.Source)
 	assert.Equal(t, src.Release, k.Release)
-	ociMods, err := k.ResolveModules("veth")
+	vm, err := vmtest.KernelModules(k, "veth")
 	require.NoError(t, err)
-	var vm []vmtest.Module
-	for _, m := range ociMods {
-		vm = append(vm, vmtest.Module{Name: m.Name, Host: m.Path, Guest: filepath.Join("/lib/modules", k.Release, m.RelPath)})
-	}
 	out := t.TempDir()
 	res, err := vmtest.Run(context.Background(), vmtest.Options{
 		Kernel: k.Image, BaseImage: e.base, Modules: vm, OutDir: out, Timeout: 3 * time.Minute,

@@ -97,18 +97,8 @@ func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepar
 		return nil, err
 	}
 	p := &prepared{kernel: k}
-	if names := f.moduleNames(); len(names) > 0 {
-		mods, err := k.ResolveModules(names...)
-		if err != nil {
-			return nil, fmt.Errorf("kernel %s: %w", f.kernel, err)
-		}
-		for _, m := range mods {
-			p.modules = append(p.modules, vmtest.Module{
-				Name:  m.Name,
-				Host:  m.Path,
-				Guest: filepath.Join("/lib/modules", k.Release, m.RelPath),
-			})
-		}
+	if p.modules, err = vmtest.KernelModules(k, f.moduleNames()...); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
