@@ -379,25 +379,39 @@ func (c *Cache) resolveFromLists(ctx context.Context, s spec, series debSeries, 
 	return res, nil
 }
 
-// fetch makes sure the tree of res exists and is intact, downloading and
-// extracting it if not. One process at a time per tree.
-func (c *Cache) fetch(ctx context.Context, s spec, res resolution, repo *aptRepo) (*Kernel, error) {
-	unlock, err := lockFile(ctx, c.lockPath(res.Key), "to fetch "+res.Key, c.progress())
+// lockForFetch takes the tree's lock. If another process fetched the tree
+// meanwhile, it returns that kernel with the lock released; otherwise it
+// returns with the lock held and the staging area ready, for the caller to
+// fetch and then unlock.
+func (c *Cache) lockForFetch(ctx context.Context, s spec, res resolution, what string) (*Kernel, func(), error) {
+	unlock, err := lockFile(ctx, c.lockPath(res.Key), "to fetch "+what, c.progress())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer unlock()
 	k, err := c.openTree(s, res)
 	if err == nil {
-		return k, nil
+		unlock()
+		return k, nil, nil
 	}
 	if _, statErr := os.Stat(c.treeDir(res.Key)); statErr == nil {
 		c.logf("cached %s is unusable (%v); fetching it again", res.Key, err)
 	}
 	if err := os.MkdirAll(c.tmpDir(), 0o755); err != nil {
-		return nil, err
+		unlock()
+		return nil, nil, err
 	}
 	c.cleanTmp()
+	return nil, unlock, nil
+}
+
+// fetch makes sure the tree of res exists and is intact, downloading and
+// extracting it if not. One process at a time per tree.
+func (c *Cache) fetch(ctx context.Context, s spec, res resolution, repo *aptRepo) (*Kernel, error) {
+	k, unlock, err := c.lockForFetch(ctx, s, res, res.Key)
+	if k != nil || err != nil {
+		return k, err
+	}
+	defer unlock()
 	start := time.Now()
 	debs, err := c.ensureDebs(ctx, repo, res.Packages)
 	if err != nil {

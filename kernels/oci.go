@@ -140,22 +140,11 @@ func ociResolution(img v1.Image, tag name.Tag, canonical, sourceID string) (reso
 // fetchOCI makes sure the tree of an image exists, downloading missing
 // layers and unpacking them.
 func (c *Cache) fetchOCI(ctx context.Context, s spec, tag name.Tag, res resolution) (*Kernel, error) {
-	unlock, err := lockFile(ctx, c.lockPath(res.Key), "to fetch "+tag.String(), c.progress())
-	if err != nil {
-		return nil, err
+	k, unlock, err := c.lockForFetch(ctx, s, res, tag.String())
+	if k != nil || err != nil {
+		return k, err
 	}
 	defer unlock()
-	k, err := c.openTree(s, res)
-	if err == nil {
-		return k, nil
-	}
-	if _, statErr := os.Stat(c.treeDir(res.Key)); statErr == nil {
-		c.logf("cached %s is unusable (%v); fetching it again", res.Key, err)
-	}
-	if err := os.MkdirAll(c.tmpDir(), 0o755); err != nil {
-		return nil, err
-	}
-	c.cleanTmp()
 	start := time.Now()
 	for _, l := range res.Packages[1:] {
 		if err := c.ensureBlob(ctx, tag, l); err != nil {
