@@ -38,10 +38,12 @@ vmtest: deps bin/vmtest
 vmtest-matrix: deps bin/vmtest
 	$(VMTEST) run -kernel all -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
+# -count=1: the tests boot kernels; a cached pass proves nothing about today's
+# kernels. -p 1: one package at a time, so guests are not starved of CPU.
 test: deps
 	bpf/check-generated.sh
 	$(GO) vet ./...
-	$(GO) test -timeout 60m ./... $(TESTFLAGS)
+	$(GO) test -count=1 -p 1 -timeout 60m ./... $(TESTFLAGS)
 
 # Runner against the floor on every kernel; the table also goes to vmtest-results/bench-runner.md.
 bench: deps bin/vmtest
