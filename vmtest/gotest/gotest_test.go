@@ -1,0 +1,59 @@
+package gotest
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestReaderSummarizes(t *testing.T) {
+	in := strings.Join([]string{
+		`{"Action":"start","Package":"m/a"}`,
+		`{"Action":"run","Package":"m/a","Test":"TestOK"}`,
+		`{"Action":"pass","Package":"m/a","Test":"TestOK","Elapsed":0.5}`,
+		`{"Action":"run","Package":"m/a","Test":"TestBad"}`,
+		`{"Action":"output","Package":"m/a","Test":"TestBad","Output":"    a_test.go:3: nope\n"}`,
+		`{"Action":"run","Package":"m/a","Test":"TestBad/sub"}`,
+		`{"Action":"fail","Package":"m/a","Test":"TestBad/sub"}`,
+		`{"Action":"fail","Package":"m/a","Test":"TestBad"}`,
+		`{"Action":"run","Package":"m/a","Test":"TestSkip"}`,
+		`{"Action":"skip","Package":"m/a","Test":"TestSkip"}`,
+		`{"Action":"run","Package":"m/a","Test":"TestDied"}`,
+		`{"Action":"output","Package":"m/a","Output":"vmtest: guest failed: kernel panic\n"}`,
+		`{"Action":"fail","Package":"m/a","Elapsed":3}`,
+		`# m/b`,
+		`b.go:1: syntax error`,
+		`{"Action":"start","Package":"m/c"}`,
+		`{"Action":"fail","Package":"m/c"}`,
+	}, "\n")
+	var finished []string
+	r := &Reader{OnTest: func(t *Test) { finished = append(finished, t.Name+"="+t.Outcome) }}
+	sum, err := r.Read(strings.NewReader(in))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"TestOK=pass", "TestBad/sub=fail", "TestBad=fail", "TestSkip=skip"}, finished)
+
+	require.Len(t, sum.Packages, 3) // "", m/a, m/c
+	assert.Equal(t, "", sum.Packages[0].Name)
+	assert.Contains(t, sum.Packages[0].Output, "syntax error")
+	a := sum.Packages[1]
+	assert.Equal(t, "fail", a.Outcome)
+	died := a.Tests[len(a.Tests)-1]
+	assert.Equal(t, "TestDied", died.Name)
+	assert.Equal(t, Unfinished, died.Outcome)
+	assert.Contains(t, a.Output, "kernel panic")
+
+	// ok, skip, and failures: TestBad, TestBad/sub, TestDied, the build
+	// error and the package that failed without tests.
+	passed, failed, skipped := sum.Counts()
+	assert.Equal(t, []int{1, 5, 1}, []int{passed, failed, skipped})
+	assert.True(t, sum.Failed())
+
+	var out bytes.Buffer
+	sum.Print(&out)
+	assert.Contains(t, out.String(), "--- UNFINISHED: a.TestDied")
+	assert.Contains(t, out.String(), "--- FAIL package m/c")
+	assert.True(t, strings.HasSuffix(out.String(), "1 passed, 5 failed, 1 skipped\n"))
+}

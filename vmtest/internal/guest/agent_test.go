@@ -1,0 +1,52 @@
+//go:build linux
+
+package guest
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/skbstore/vmtest/vmtest/internal/proto"
+)
+
+func TestKmsgLine(t *testing.T) {
+	tests := []struct{ rec, want string }{
+		{"6,339,5140900,-;NET: Registered PF_PACKET protocol family\n", "[    5.140900] NET: Registered PF_PACKET protocol family\n"},
+		{"4,500,123456789,-;WARNING: CPU: 0 PID: 1 at x.c:1 f\n SUBSYSTEM=cpu\n", "[  123.456789] WARNING: CPU: 0 PID: 1 at x.c:1 f\n"},
+		{"no header at all\n", "no header at all\n"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, kmsgLine([]byte(tt.rec)))
+	}
+}
+
+func TestFrameWriterSplitsLargeOutput(t *testing.T) {
+	var b bytes.Buffer
+	fw := &frameWriter{w: proto.NewWriter(&b), name: "t"}
+	data := bytes.Repeat([]byte("0123456789abcdef"), 5000) // 80000 bytes: three frames
+	n, err := fw.Write(data)
+	require.NoError(t, err)
+	assert.Equal(t, len(data), n)
+
+	r := proto.NewReader(&b)
+	var got []byte
+	frames := 0
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		assert.Equal(t, proto.TypeOutput, f.Type)
+		assert.Equal(t, "t", f.Name)
+		got = append(got, f.Payload...)
+		frames++
+	}
+	assert.Equal(t, 3, frames)
+	assert.Equal(t, data, got)
+}
