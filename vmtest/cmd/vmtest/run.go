@@ -131,7 +131,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	rep.Finished = time.Now()
 	rep.Interrupted = ctx.Err() != nil
 	for _, k := range rep.Kernels {
-		if err := report.KernelFromDir(runDir, filepath.Join(runDir, k.Name), k); err != nil {
+		if err := report.KernelFromDir(runDir, filepath.Join(runDir, kernelDir(k.Name)), k); err != nil {
 			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
 		}
 		if rep.Interrupted && k.Outcome != gotest.Pass && k.Outcome != gotest.Fail {
@@ -179,7 +179,7 @@ type matrix struct {
 func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	start := time.Now()
 	defer func() { k.Duration = time.Since(start).Seconds() }()
-	kdir := filepath.Join(m.runDir, k.Name)
+	kdir := filepath.Join(m.runDir, kernelDir(k.Name))
 	if err := os.MkdirAll(kdir, 0o755); err != nil {
 		k.Error = err.Error()
 		return
@@ -294,6 +294,16 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// kernelDir names a kernel's results directory: the version, or for a local
+// kernel its path flattened into one name.
+func kernelDir(name string) string {
+	d := strings.Trim(strings.ReplaceAll(name, "/", "_"), "_.")
+	if d == "" {
+		d = "kernel"
+	}
+	return d
 }
 
 func kernelNames(s string) ([]string, error) {
