@@ -344,11 +344,16 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	cmd := exec.Command(qemu, qemuArgs(opts, accel, initrd, 3)...)
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
+	// A pipe of our own rather than StdoutPipe: Wait runs while the console
+	// is still being read, and must not close it before the last lines (a
+	// panic's) are in.
+	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		guestEnd.Close()
 		return fmt.Errorf("vmtest: %w", err)
 	}
+	defer stdout.Close()
+	cmd.Stdout = stdoutW
 	var stderr strings.Builder
 	cmd.Stderr = &limitedWriter{w: &stderr, n: 64 << 10}
 
@@ -358,11 +363,12 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 		conOut = io.MultiWriter(consoleLog, opts.Console)
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		guestEnd.Close()
+	err = cmd.Start()
+	guestEnd.Close()
+	stdoutW.Close()
+	if err != nil {
 		return fmt.Errorf("vmtest: start %s: %w", qemu, err)
 	}
-	guestEnd.Close()
 
 	consoleDone := make(chan struct{})
 	go func() {
