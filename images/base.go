@@ -51,7 +51,18 @@ type BaseOptions struct {
 	SourceDir string
 	// Progress receives a line per long step; nil discards.
 	Progress io.Writer
+	// Init picks the guest's PID 1: InitURoot (default) is u-root's init,
+	// which starts the agent as its uinit; InitAgent makes the agent PID 1,
+	// doing the same setup with u-root's libinit, which saves a Go program
+	// start (about 0.3 s under software emulation).
+	Init string
 }
+
+// Choices of BaseOptions.Init.
+const (
+	InitURoot = "uroot"
+	InitAgent = "agent"
+)
 
 // Base returns the path of the cached base image, building it first when its
 // inputs changed.
@@ -67,11 +78,20 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
+	initCmd, uinit := "init", "vmtest-guest"
+	switch opts.Init {
+	case "", InitURoot:
+		opts.Init = InitURoot
+	case InitAgent:
+		initCmd, uinit = "vmtest-guest", ""
+	default:
+		return "", fmt.Errorf("base image: unknown init %q: want %s or %s", opts.Init, InitURoot, InitAgent)
+	}
 	key, err := sourceKey(ctx, src)
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
-	path := filepath.Join(opts.CacheDir, "base-"+key[:24]+".cpio")
+	path := filepath.Join(opts.CacheDir, "base-"+opts.Init+"-"+key[:24]+".cpio")
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}
@@ -94,8 +114,8 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 		uimage.WithSkipLDD(),
 		uimage.WithBaseArchive(uimage.DefaultRamfs()),
 		uimage.WithCommands(&golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}, builder.Binary, InitPackage, AgentPackage),
-		uimage.WithInit("init"),
-		uimage.WithUinit("vmtest-guest"),
+		uimage.WithInit(initCmd),
+		uimage.WithUinit(uinit),
 		uimage.WithCPIOOutput(tmp),
 	)
 	if err != nil {

@@ -209,3 +209,26 @@ func assertNoQEMULeft(t *testing.T, outDir string) {
 		}
 	}
 }
+
+// TestAgentAsInit boots the image whose PID 1 is the agent itself (set up
+// with u-root's libinit) instead of u-root's init.
+func TestAgentAsInit(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	cache, err := kernels.NewCache()
+	require.NoError(t, err)
+	base, err := images.Base(context.Background(), images.BaseOptions{CacheDir: filepath.Join(cache.Dir, "images"), Init: images.InitAgent})
+	require.NoError(t, err)
+	require.NotEqual(t, e.base, base)
+	res, err := vmtest.Run(context.Background(), vmtest.Options{
+		Kernel: e.kernel.Image, BaseImage: base, OutDir: t.TempDir(), Timeout: 2 * time.Minute,
+		Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestPass$"}}},
+	})
+	require.NoError(t, err)
+	require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
+	assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestPass")
+	assert.Empty(t, res.Log, "the agent reported problems setting up the guest")
+	b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
+	require.NoError(t, err)
+	assert.Equal(t, res.Release, string(b))
+}

@@ -59,7 +59,16 @@ func benchCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
-	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr})
+	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: f.init})
+	if err != nil {
+		return err
+	}
+	// The other init, to show what it changes in the same run.
+	otherInit := images.InitAgent
+	if f.init == images.InitAgent {
+		otherInit = images.InitURoot
+	}
+	otherBase, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: otherInit})
 	if err != nil {
 		return err
 	}
@@ -69,10 +78,10 @@ func benchCmd(ctx context.Context, args []string) error {
 	}
 
 	type row struct {
-		kernel, release                    string
-		floor, runner, first, boot, initrd time.Duration
-		rss                                int64
-		accel                              string
+		kernel, release                   string
+		floor, runner, first, boot, other time.Duration
+		rss                               int64
+		accel                             string
 	}
 	var rows []row
 	preps := map[string]*prepared{}
@@ -86,7 +95,7 @@ func benchCmd(ctx context.Context, args []string) error {
 		preps[name] = p
 		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus,
 			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
-		var floors, runs, firsts, boots []time.Duration
+		var floors, runs, firsts, boots, others []time.Duration
 		var rss int64
 		var accel string
 		for i := 0; i < *n; i++ {
@@ -108,10 +117,20 @@ func benchCmd(ctx context.Context, args []string) error {
 			firsts = append(firsts, res.FirstOutput)
 			boots = append(boots, res.Boot)
 			rss = max(rss, res.QEMUMaxRSS)
-			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs, runner %.2fs\n", name, i+1, d.Seconds(), res.Duration.Seconds())
+			oopts := opts
+			oopts.BaseImage = otherBase
+			ores, err := vmtest.Run(ctx, oopts)
+			if err != nil {
+				return fmt.Errorf("kernel %s: %w", name, err)
+			}
+			if err := ores.Err(); err != nil {
+				return fmt.Errorf("kernel %s, init %s: trivial test failed: %w", name, otherInit, err)
+			}
+			others = append(others, ores.Duration)
+			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs, runner %.2fs, with init %s %.2fs\n", name, i+1, d.Seconds(), res.Duration.Seconds(), otherInit, ores.Duration.Seconds())
 		}
 		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
-			first: median(firsts), boot: median(boots), rss: rss, accel: accel})
+			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel})
 	}
 
 	// The matrix: the trivial test on every kernel, one at a time, then
@@ -157,13 +176,14 @@ func benchCmd(ctx context.Context, args []string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s)\n\n", *n, rows[0].accel)
 	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
-	b.WriteString("Runner: vmtest with u-root init, the guest agent and a trivial Go test. Times are QEMU start to exit.\n")
-	b.WriteString("Under software emulation absolute times mean little: compare the ratios.\n\n")
-	b.WriteString("| kernel | release | floor | runner | runner/floor | first test event | agent up | QEMU peak RSS |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, otherInit)
+	b.WriteString("Times are QEMU start to exit. Under software emulation absolute times mean little: compare the ratios.\n\n")
+	fmt.Fprintf(&b, "| kernel | release | floor | runner | runner/floor | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", otherInit)
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs | %.2fs | %d MiB |\n", r.kernel, r.release,
-			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.first.Seconds(), r.boot.Seconds(), r.rss>>20)
+		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.first.Seconds(), r.boot.Seconds(), r.rss>>20,
+			r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&b, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
 		len(names), seq.Seconds(), f.vms, par.Seconds())

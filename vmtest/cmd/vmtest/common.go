@@ -31,6 +31,7 @@ type vmFlags struct {
 	qemu    string
 	vms     int
 	append  string
+	init    string
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -44,6 +45,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
+	fs.StringVar(&f.init, "init", images.InitURoot, "guest PID 1: uroot (u-root's init starts the agent) or agent (the agent is PID 1, set up with u-root's libinit; faster boots)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
 }
 
@@ -51,7 +53,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 func (f *vmFlags) args() []string {
 	a := []string{
 		"-kernel", f.kernel, "-accel", f.accel, "-memory", fmt.Sprint(f.memory), "-cpus", fmt.Sprint(f.cpus),
-		"-timeout", f.timeout.String(), "-vms", fmt.Sprint(f.vms),
+		"-timeout", f.timeout.String(), "-vms", fmt.Sprint(f.vms), "-init", f.init,
 	}
 	if f.modules != "" {
 		a = append(a, "-modules", f.modules)
@@ -119,7 +121,7 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 		p.base = b
 		return p, nil
 	}
-	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress})
+	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress, Init: f.init})
 	if err != nil {
 		return nil, err
 	}

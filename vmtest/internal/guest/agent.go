@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/u-root/u-root/pkg/libinit"
 	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/vmtest/vmtest/internal/proto"
@@ -31,6 +32,13 @@ import (
 func Main() {
 	log.SetPrefix("vmtest-guest: ")
 	log.SetFlags(0)
+	if os.Getpid() == 1 {
+		// The agent is the init (images.InitAgent): set up the root file
+		// system the way u-root's init does, with the same library.
+		libinit.SetEnv()
+		libinit.CreateRootfs()
+		libinit.NetInit()
+	}
 	err := run()
 	if err != nil {
 		log.Printf("%v", err)
