@@ -11,6 +11,8 @@ CPUS        ?= 2
 VMTEST_ARGS ?=
 TESTFLAGS   ?=
 VMTEST      := bin/vmtest
+# Kernels the storage benchmark (suites/skbbench) runs on in `make bench`.
+BENCH_KERNELS ?= 5.10,6.1,6.12
 
 .PHONY: all vmtest vmtest-matrix bench test test-short deps bin/vmtest help
 
@@ -46,8 +48,22 @@ test: deps
 	$(GO) test -count=1 -p 1 -timeout 60m ./... $(TESTFLAGS)
 
 # Runner against the floor on every kernel; the table also goes to vmtest-results/bench-runner.md.
+# Then the cost of skb-keyed storage (suites/skbbench) on BENCH_KERNELS, one
+# guest at a time so that the guests do not measure each other; its tables
+# (summary.md of that run) also go to vmtest-results/bench-storage.md.
 bench: deps bin/vmtest
 	$(VMTEST) bench -kernel all $(VMTEST_ARGS)
+	@status=0; \
+	$(VMTEST) run -kernel $(BENCH_KERNELS) -cpus $(CPUS) -modules veth -vms 1 -results vmtest-results $(VMTEST_ARGS) -- go test ./suites/skbbench -count=1 || status=$$?; \
+	echo; \
+	echo "== skb-keyed storage cost: under software emulation absolute numbers mean little, compare the ratios =="; \
+	cat vmtest-results/latest/summary.md; \
+	cp vmtest-results/latest/summary.md vmtest-results/bench-storage.md; \
+	for f in vmtest-results/latest/*/suites/skbbench/artifacts/skbbench/bench/storage.md; do \
+		[ -f "$$f" ] || continue; echo; cat "$$f"; { echo; cat "$$f"; } >> vmtest-results/bench-storage.md; \
+	done; \
+	echo "storage tables in vmtest-results/bench-storage.md"; \
+	exit $$status
 
 test-short:
 	$(GO) test -short ./...

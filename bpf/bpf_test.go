@@ -3,8 +3,11 @@ package bpf
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
+	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -217,4 +220,29 @@ func TestHooksMatchObject(t *testing.T) {
 	}
 	require.NoError(t, configure(spec, Options{MapVariant: MapLRU, MaxEntries: 7}.withDefaults(), KernelInfo{KfreeSkbArgs: 3}))
 	assert.Equal(t, uint32(7), spec.Maps["skb_store"].MaxEntries)
+}
+
+// TestMapBenchSpec checks, without a kernel, that the map benchmark's
+// object has what LoadMapBench expects and measures values of the
+// storage map's size.
+func TestMapBenchSpec(t *testing.T) {
+	spec, err := loadMapbench()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := spec.Maps["bench_map"]
+	if m == nil || m.KeySize != 8 || m.ValueSize != MapBenchValueSize {
+		t.Fatalf("bench_map = %+v, want 8-byte keys and %d-byte values", m, MapBenchValueSize)
+	}
+	if got := int(unsafe.Sizeof(skbstoreSkbValue{})); got != MapBenchValueSize {
+		t.Errorf("skb_value is %d bytes, MapBenchValueSize %d", got, MapBenchValueSize)
+	}
+	for _, p := range []string{"bench_update", "bench_lookup", "bench_delete", "bench_empty"} {
+		if spec.Programs[p] == nil {
+			t.Errorf("program %s missing", p)
+		}
+	}
+	if _, err := (&MapBench{progs: map[MapOp]*ebpf.Program{}}).Run("nope", 1); !errors.Is(err, ErrMapBench) {
+		t.Errorf("Run(unknown op) = %v, want ErrMapBench", err)
+	}
 }

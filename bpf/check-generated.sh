@@ -1,8 +1,9 @@
 #!/bin/sh
-# Proves that the committed generated files match skbstore.c: regenerates
-# them in a temporary copy of this directory and compares. Exits 0 when they
-# match, 1 when they differ, and 0 with a notice when clang is missing (so CI
-# without clang does not fail on it); set REQUIRE_CLANG=1 to make that 2.
+# Proves that the committed generated files match skbstore.c and
+# mapbench.c: regenerates them in a temporary copy of this directory and
+# compares. Exits 0 when they match, 1 when they differ, and 0 with a
+# notice when clang is missing (so CI without clang does not fail on it);
+# set REQUIRE_CLANG=1 to make that 2.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 if ! command -v "${BPF2GO_CC:-clang}" >/dev/null 2>&1; then
@@ -16,14 +17,15 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 # relative paths and the object is byte for byte comparable.
 cp "$here"/*.go "$here"/*.c "$tmp"/
 cp -r "$here"/include "$tmp"/
-rm -f "$tmp"/skbstore_bpfel.go "$tmp"/skbstore_bpfel.o
+generated="skbstore_bpfel.go skbstore_bpfel.o mapbench_bpfel.go mapbench_bpfel.o"
+for f in $generated; do rm -f "$tmp/$f"; done
 (cd "$tmp" && go generate ./...)
 status=0
-for f in skbstore_bpfel.go skbstore_bpfel.o; do
+for f in $generated; do
 	if ! cmp -s "$here/$f" "$tmp/$f"; then
 		echo "check-generated: bpf/$f is out of date: run bpf/gen.sh (or go generate ./bpf/...) and commit the result" >&2
 		status=1
 	fi
 done
-[ $status = 0 ] && echo "check-generated: bpf/skbstore_bpfel.{go,o} are up to date"
+[ $status = 0 ] && echo "check-generated: bpf/skbstore_bpfel.{go,o} and bpf/mapbench_bpfel.{go,o} are up to date"
 exit $status

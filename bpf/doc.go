@@ -16,4 +16,9 @@
 // committed. Loading needs root (or CAP_BPF+CAP_PERFMON), BTF at
 // /sys/kernel/btf/vmlinux and a kernel with BPF trampolines (5.5+); the
 // code is written for 5.10 and later.
+//
+// [MapBench] (mapbench.c, with generated mapbench_bpfel.go and
+// mapbench_bpfel.o) measures the in-kernel cost of the storage map's
+// update, lookup and delete per map variant, with BPF_PROG_TEST_RUN; it
+// attaches nothing.
 package bpf
