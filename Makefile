@@ -22,7 +22,7 @@ help:
 	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel"
 	@echo "make vmtest-matrix         run the suites on every kernel of the matrix"
 	@echo "make test                  run the project's tests"
-	@echo "make bench                 measure the runner against a bare boot, per kernel"
+	@echo "make bench                 runner vs a bare boot per kernel, and the per-packet cost of skb-keyed storage"
 
 deps:
 	@ci/deps.sh
