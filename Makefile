@@ -31,9 +31,6 @@ deps:
 bin/vmtest:
 	CGO_ENABLED=0 $(GO) build -o $@ ./vmtest/cmd/vmtest
 
-vmvmtest-matrix: deps bin/vmtest
-	$(VMTEST) run -kernel all -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
-
 vmtest: deps bin/vmtest
 	$(VMTEST) run -kernel $(KERNEL) -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
