@@ -6,7 +6,6 @@ package gotest
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"sort"
 	"strings"
@@ -198,27 +197,6 @@ func (r *Reader) summary() *Summary {
 }
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-
-// Print writes the end-of-run report: failed and unfinished tests with their
-// output, failed packages with theirs, and the closing count line.
-func (s *Summary) Print(w io.Writer) {
-	for _, p := range s.Packages {
-		var failed []*Test
-		for _, t := range p.Tests {
-			if t.Outcome == Fail || t.Outcome == Unfinished {
-				failed = append(failed, t)
-			}
-		}
-		for _, t := range failed {
-			fmt.Fprintf(w, "\n--- %s: %s.%s\n%s", strings.ToUpper(t.Outcome), ShortName(p.Name), t.Name, Indent(t.Output))
-		}
-		if p.Outcome != Pass && p.Outcome != Skip && len(failed) == 0 {
-			fmt.Fprintf(w, "\n--- %s package %s\n%s", strings.ToUpper(p.Outcome), p.Name, Indent(p.Output))
-		}
-	}
-	passed, failed, skipped := s.Counts()
-	fmt.Fprintf(w, "\n%d passed, %d failed, %d skipped\n", passed, failed, skipped)
-}
 
 // ShortName is the last element of an import path: how suites are named.
 func ShortName(p string) string {
