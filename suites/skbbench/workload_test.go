@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -149,53 +148,18 @@ func tcpTrial(e endpoints) (trial, error) {
 	if err != nil {
 		return trial{}, err
 	}
-	type rd struct {
-		n   int64
-		err error
+	n, elapsed, err := testenv.StreamTCP(ln, func() (c net.Conn, err error) {
+		err = e.inTx(func() (err error) {
+			c, err = net.Dial("tcp4", ln.Addr().String())
+			return err
+		})
+		return c, err
+	}, tcpBytes)
+	if err != nil {
+		return trial{}, fmt.Errorf("tcp: %w", err)
 	}
-	got := make(chan rd, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- rd{0, err}
-			return
-		}
-		defer c.Close()
-		n, err := io.Copy(io.Discard, c)
-		got <- rd{n, err}
-	}()
-	chunk := make([]byte, 64<<10)
-	start := time.Now()
-	var c net.Conn
-	if err := e.inTx(func() (err error) {
-		c, err = net.Dial("tcp4", ln.Addr().String())
-		return err
-	}); err != nil {
-		return trial{}, fmt.Errorf("dial tcp: %w", err)
-	}
-	for left := tcpBytes; left > 0; {
-		n := min(left, len(chunk))
-		if _, err := c.Write(chunk[:n]); err != nil {
-			c.Close()
-			return trial{}, fmt.Errorf("write: %w", err)
-		}
-		left -= n
-	}
-	if err := c.Close(); err != nil {
-		return trial{}, fmt.Errorf("close: %w", err)
-	}
-	var r rd
-	select {
-	case r = <-got:
-	case <-time.After(60 * time.Second):
-		return trial{}, errors.New("receiver did not finish in 60s")
-	}
-	elapsed := time.Since(start)
-	if r.err != nil {
-		return trial{}, fmt.Errorf("receive: %w", r.err)
-	}
-	if r.n != tcpBytes {
-		return trial{}, fmt.Errorf("received %d of %d bytes", r.n, tcpBytes)
+	if n != tcpBytes {
+		return trial{}, fmt.Errorf("received %d of %d bytes", n, tcpBytes)
 	}
 	segsAfter, err := outSegs(e.namespaces())
 	if err != nil {

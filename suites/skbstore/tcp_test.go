@@ -66,7 +66,7 @@ func TestTCP(t *testing.T) {
 
 func tcpRun(r *run, ln net.Listener, dial func() (net.Conn, error)) {
 	t := r.t
-	n, d, err := streamTCP(ln, dial, tcpBytes)
+	n, d, err := testenv.StreamTCP(ln, dial, tcpBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
