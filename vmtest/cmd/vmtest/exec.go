@@ -139,13 +139,7 @@ func runName(id string) string {
 func execOutDir(results, id string) (dir string, keep bool, err error) {
 	if results == "" {
 		if root := os.Getenv("VMTEST_RESULTS"); root != "" {
-			results = filepath.Join(root, id)
-			for i := 2; ; i++ {
-				if _, err := os.Stat(results); os.IsNotExist(err) {
-					break
-				}
-				results = filepath.Join(root, fmt.Sprintf("%s.%d", id, i))
-			}
+			results = freshPath(filepath.Join(root, id))
 		}
 	}
 	if results != "" {

@@ -441,14 +441,7 @@ func newRunDir(results string) (string, error) {
 	if results == "" {
 		results = "vmtest-results"
 	}
-	name := time.Now().Format("20060102-150405")
-	dir := filepath.Join(results, name)
-	for i := 2; ; i++ {
-		if _, err := os.Stat(dir); os.IsNotExist(err) {
-			break
-		}
-		dir = filepath.Join(results, fmt.Sprintf("%s.%d", name, i))
-	}
+	dir := freshPath(filepath.Join(results, time.Now().Format("20060102-150405")))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -460,6 +453,17 @@ func newRunDir(results string) (string, error) {
 	_ = os.Remove(latest)
 	_ = os.Symlink(filepath.Base(dir), latest)
 	return abs, nil
+}
+
+// freshPath returns path, or path.2, path.3... when it exists already.
+func freshPath(path string) string {
+	p := path
+	for i := 2; ; i++ {
+		if _, err := os.Stat(p); os.IsNotExist(err) {
+			return p
+		}
+		p = fmt.Sprintf("%s.%d", path, i)
+	}
 }
 
 func appendFile(path string, fn func(io.Writer) error) error {
