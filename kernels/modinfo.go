@@ -13,9 +13,10 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// readModuleFile returns a module's ELF bytes, decompressing .ko.xz,
-// .ko.zst and .ko.gz files.
-func readModuleFile(path string) ([]byte, error) {
+// ReadModule returns a module's ELF bytes, decompressing .ko.xz, .ko.zst and
+// .ko.gz files: what finit_module wants on any kernel, whatever its
+// CONFIG_MODULE_DECOMPRESS says.
+func ReadModule(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -51,7 +52,7 @@ type modinfo []string
 
 // readModinfo reads the .modinfo section of a (possibly compressed) module.
 func readModinfo(path string) (modinfo, error) {
-	b, err := readModuleFile(path)
+	b, err := ReadModule(path)
 	if err != nil {
 		return nil, fmt.Errorf("read module %s: %w", path, err)
 	}

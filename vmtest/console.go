@@ -3,9 +3,38 @@ package vmtest
 import (
 	"bufio"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 )
+
+// KernelTimes are points on the guest kernel's own clock (seconds since it
+// started), read from its console: they split a boot into the kernel's part
+// and user space's, which host-side times cannot. Zero means not seen.
+type KernelTimes struct {
+	// Init is when the kernel started /init: the end of its own boot.
+	Init float64
+	// PowerOff is when the kernel began to power the machine off.
+	PowerOff float64
+}
+
+// UserSpace is the time from /init to power-off, when both were seen.
+func (k KernelTimes) UserSpace() float64 {
+	if k.Init == 0 || k.PowerOff == 0 {
+		return 0
+	}
+	return k.PowerOff - k.Init
+}
+
+// kernelTime returns the printk timestamp of a console line, if it has one.
+func kernelTime(line string) (float64, bool) {
+	m := timestamp.FindString(line)
+	if m == "" {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(strings.Trim(strings.TrimSpace(m), "[]")), 64)
+	return v, err == nil
+}
 
 // console copies the guest console to a log and keeps its last lines, so a
 // failure can be shown with the context that led to it.
@@ -14,6 +43,7 @@ type console struct {
 	last  []string
 	keep  int
 	panic string // first "Kernel panic" line seen
+	times KernelTimes
 }
 
 func newConsole(keep int) *console { return &console{keep: keep} }
@@ -47,6 +77,12 @@ func (c *console) add(line string) {
 	if c.panic == "" && strings.Contains(line, "Kernel panic - not syncing") {
 		c.panic = timestamp.ReplaceAllString(line, "")
 	}
+	switch {
+	case strings.Contains(line, "] Run /init as init process"):
+		c.times.Init, _ = kernelTime(line)
+	case strings.Contains(line, "] reboot: Power down"):
+		c.times.PowerOff, _ = kernelTime(line)
+	}
 	c.last = append(c.last, line)
 	if len(c.last) > c.keep {
 		c.last = c.last[len(c.last)-c.keep:]
@@ -57,6 +93,12 @@ func (c *console) tail() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.last...)
+}
+
+func (c *console) kernelTimes() KernelTimes {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.times
 }
 
 func (c *console) panicLine() string {

@@ -1,7 +1,6 @@
 package vmtest
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,15 +19,15 @@ type resultReader struct {
 	res     *Result
 	opts    Options
 	start   time.Time
-	outputs map[string]*os.File
-	dmesg   string
+	files   map[string]*os.File // output files by name, kept open while frames arrive
+	dmesg   strings.Builder
 	done    bool
 	hello   bool
 	current string // command running now, for messages about where a guest died
 }
 
 func newResultReader(res *Result, opts Options, start time.Time) *resultReader {
-	return &resultReader{res: res, opts: opts, start: start, outputs: map[string]*os.File{}}
+	return &resultReader{res: res, opts: opts, start: start, files: map[string]*os.File{}}
 }
 
 func (r *resultReader) read(conn io.Reader) {
@@ -66,7 +65,7 @@ func (r *resultReader) handle(f proto.Frame) {
 	switch f.Type {
 	case proto.TypeHello:
 		var h proto.Hello
-		if err := json.Unmarshal(f.Payload, &h); err != nil {
+		if err := h.UnmarshalBinary(f.Payload); err != nil {
 			r.protoErr("hello: %v", err)
 			return
 		}
@@ -86,10 +85,10 @@ func (r *resultReader) handle(f proto.Frame) {
 		if r.opts.Output != nil {
 			_, _ = r.opts.Output.Write(f.Payload)
 		}
-		r.outputFile(f.Name).Write(f.Payload)
+		r.file(f.Name + ".out").Write(f.Payload)
 	case proto.TypeExit:
 		var ex proto.Exit
-		if err := json.Unmarshal(f.Payload, &ex); err != nil {
+		if err := ex.UnmarshalBinary(f.Payload); err != nil {
 			r.protoErr("exit of %s: %v", f.Name, err)
 			return
 		}
@@ -111,8 +110,9 @@ func (r *resultReader) handle(f proto.Frame) {
 		}
 		r.res.Files = append(r.res.Files, name)
 	case proto.TypeDmesg:
-		r.dmesg = string(f.Payload)
-		_ = os.WriteFile(filepath.Join(r.res.OutDir, "dmesg.log"), f.Payload, 0o644)
+		// The guest streams its kernel log in pieces, in order.
+		r.dmesg.Write(f.Payload)
+		r.file("dmesg.log").Write(f.Payload)
 	case proto.TypeLog:
 		r.res.Log = append(r.res.Log, string(f.Payload))
 		if r.opts.Progress != nil {
@@ -125,16 +125,17 @@ func (r *resultReader) handle(f proto.Frame) {
 	}
 }
 
-func (r *resultReader) outputFile(id string) io.Writer {
-	if f, ok := r.outputs[id]; ok {
+// file returns the output file name in OutDir, created on first use.
+func (r *resultReader) file(name string) io.Writer {
+	if f, ok := r.files[name]; ok {
 		return f
 	}
-	f, err := os.Create(filepath.Join(r.res.OutDir, id+".out"))
+	f, err := os.Create(filepath.Join(r.res.OutDir, name))
 	if err != nil {
-		r.protoErr("save output of %s: %v", id, err)
+		r.protoErr("save %s: %v", name, err)
 		return io.Discard
 	}
-	r.outputs[id] = f
+	r.files[name] = f
 	return f
 }
 
@@ -143,7 +144,7 @@ func (r *resultReader) protoErr(format string, args ...any) {
 }
 
 func (r *resultReader) finish() {
-	for _, f := range r.outputs {
+	for _, f := range r.files {
 		f.Close()
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/skbstore/vmtest/images"
+	"github.com/skbstore/vmtest/kernels"
 	"github.com/skbstore/vmtest/vmtest/internal/proto"
 )
 
@@ -83,9 +84,11 @@ type Options struct {
 // Module is a kernel module file to put in the image and load.
 type Module struct {
 	Name string
-	// Host is the module file on the host; it may be compressed.
+	// Host is the module file on the host; it may be compressed, and is
+	// then decompressed into the image (faster than in an emulated guest).
 	Host string
-	// Guest is where it goes in the guest, usually under /lib/modules.
+	// Guest is where it goes in the guest, usually under /lib/modules,
+	// without the compression suffix of Host.
 	Guest string
 }
 
@@ -130,6 +133,8 @@ type Result struct {
 	// command (for a Go test, its first event).
 	FirstOutput time.Duration
 	Duration    time.Duration
+	// Kernel has points of the guest kernel's clock read from the console.
+	Kernel KernelTimes
 	// QEMUMaxRSS is the peak resident memory of the QEMU process, in bytes.
 	QEMUMaxRSS int64
 	Commands   []CommandResult
@@ -253,19 +258,34 @@ func writeImage(dst string, opts Options) error {
 		job.Commands = append(job.Commands, proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir})
 	}
 	for _, m := range opts.Modules {
-		files = append(files, images.File{Guest: m.Guest, Host: m.Host})
-		job.Modules = append(job.Modules, m.Guest)
+		data, err := kernels.ReadModule(m.Host)
+		if err != nil {
+			return fmt.Errorf("vmtest: module %s: %w", m.Name, err)
+		}
+		guest := trimCompression(m.Guest)
+		files = append(files, images.File{Guest: guest, Data: data})
+		job.Modules = append(job.Modules, guest)
 	}
 	files = append(files, opts.Files...)
-	b, err := json.MarshalIndent(job, "", "  ")
+	b, err := job.MarshalBinary()
 	if err != nil {
-		return err
+		return fmt.Errorf("vmtest: %w", err)
 	}
 	files = append(files, images.File{Guest: proto.JobPath, Data: b})
 	if opts.BaseImage == "" {
 		return errors.New("vmtest: no base image")
 	}
 	return images.Write(dst, opts.BaseImage, files)
+}
+
+// trimCompression drops the compression suffix of a module file name.
+func trimCompression(name string) string {
+	for _, ext := range []string{".xz", ".zst", ".gz"} {
+		if strings.HasSuffix(name, ".ko"+ext) {
+			return strings.TrimSuffix(name, ext)
+		}
+	}
+	return name
 }
 
 func validID(id string) bool {
@@ -294,6 +314,10 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []st
 		"random.trust_cpu=on", // do not wait for entropy: old kernels block getrandom until then
 		"UROOT_NOHWRNG=1",     // u-root's init need not look for a hardware RNG
 		"printk.devkmsg=on",
+		// Under software emulation the kernel's random placement makes some
+		// boots ~10% slower than others, all the way through: fixed placement
+		// makes runs faster and run times comparable.
+		"nokaslr",
 	}
 	if opts.Append != "" {
 		cmdline = append(cmdline, opts.Append)
@@ -405,6 +429,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	}
 	res.Duration = time.Since(start)
 	rr.finish()
+	res.Kernel = con.kernelTimes()
 	if ps := cmd.ProcessState; ps != nil {
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
 			res.QEMUMaxRSS = ru.Maxrss * 1024
@@ -415,7 +440,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	if b, err := os.ReadFile(consoleLog.Name()); err == nil {
 		res.Splats = append(res.Splats, scanSplats(string(b), seen)...)
 	}
-	res.Splats = append(res.Splats, scanSplats(rr.dmesg, seen)...)
+	res.Splats = append(res.Splats, scanSplats(rr.dmesg.String(), seen)...)
 
 	tail := con.tail()
 	switch {
@@ -439,18 +464,27 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	return nil
 }
 
+// FloorResult is the outcome of a Floor boot.
+type FloorResult struct {
+	Accel AccelChoice
+	// Duration is the time from QEMU's start to its exit.
+	Duration time.Duration
+	Kernel   KernelTimes
+}
+
 // Floor boots kernel with an initramfs that is used as it is, typically a
-// trivial /init that powers off at once, and returns the time from QEMU's
-// start to its exit. It uses the same machine and accelerator as Run, so the
-// two can be compared: the difference is what vmtest itself costs.
-func Floor(ctx context.Context, opts Options, initramfs string) (time.Duration, AccelChoice, error) {
+// trivial /init that prints "floorinit: reached /init" and powers off at
+// once. It uses the same machine and accelerator as Run, so the two can be
+// compared: the difference is what vmtest itself costs.
+func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, error) {
 	qemu, err := findQEMU(opts.QEMU)
 	if err != nil {
-		return 0, AccelChoice{}, err
+		return nil, err
 	}
-	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
+	res := &FloorResult{}
+	res.Accel, err = ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
 	if err != nil {
-		return 0, accel, err
+		return nil, err
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = time.Minute
@@ -459,7 +493,7 @@ func Floor(ctx context.Context, opts Options, initramfs string) (time.Duration, 
 	defer cancel()
 	// The floor has no result port: an unconnected chardev keeps the
 	// machine identical to Run's.
-	args := qemuArgs(opts, accel, initramfs, -1)
+	args := qemuArgs(opts, res.Accel, initramfs, -1)
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var out strings.Builder
@@ -467,13 +501,18 @@ func Floor(ctx context.Context, opts Options, initramfs string) (time.Duration, 
 	cmd.Stderr = cmd.Stdout
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
-		return 0, accel, fmt.Errorf("floor boot: %w: %s", err, lastLines(out.String(), 5))
+		return nil, fmt.Errorf("floor boot: %w: %s", err, lastLines(out.String(), 5))
 	}
-	d := time.Since(start)
+	res.Duration = time.Since(start)
 	if !strings.Contains(out.String(), "floorinit: reached /init") {
-		return d, accel, fmt.Errorf("floor boot never reached /init: %s", lastLines(out.String(), 5))
+		return nil, fmt.Errorf("floor boot never reached /init: %s", lastLines(out.String(), 5))
 	}
-	return d, accel, nil
+	con := newConsole(1)
+	for _, l := range strings.Split(out.String(), "\n") {
+		con.add(l)
+	}
+	res.Kernel = con.kernelTimes()
+	return res, nil
 }
 
 func lastLines(s string, n int) string {

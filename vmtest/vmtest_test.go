@@ -210,25 +210,40 @@ func assertNoQEMULeft(t *testing.T, outDir string) {
 	}
 }
 
-// TestAgentAsInit boots the image whose PID 1 is the agent itself (set up
-// with u-root's libinit) instead of u-root's init.
-func TestAgentAsInit(t *testing.T) {
+// TestGuestSetup checks the guest the agent sets up as PID 1 (the default)
+// and with u-root's init in front of it, and that the kernel log streamed by
+// the agent reaches the host whole: from the kernel's first line to a record
+// the test writes just before the end.
+func TestGuestSetup(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	cache, err := kernels.NewCache()
 	require.NoError(t, err)
-	base, err := images.Base(context.Background(), images.BaseOptions{CacheDir: filepath.Join(cache.Dir, "images"), Init: images.InitAgent})
-	require.NoError(t, err)
-	require.NotEqual(t, e.base, base)
-	res, err := vmtest.Run(context.Background(), vmtest.Options{
-		Kernel: e.kernel.Image, BaseImage: base, OutDir: t.TempDir(), Timeout: 2 * time.Minute,
-		Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestPass$"}}},
-	})
-	require.NoError(t, err)
-	require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
-	assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestPass")
-	assert.Empty(t, res.Log, "the agent reported problems setting up the guest")
-	b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
-	require.NoError(t, err)
-	assert.Equal(t, res.Release, string(b))
+	for _, init := range []string{images.InitAgent, images.InitURoot} {
+		t.Run(init, func(t *testing.T) {
+			base, err := images.Base(context.Background(), images.BaseOptions{CacheDir: filepath.Join(cache.Dir, "images"), Init: init})
+			require.NoError(t, err)
+			if init == images.InitAgent {
+				assert.Equal(t, e.base, base, "the agent is the default init")
+			}
+			res, err := vmtest.Run(context.Background(), vmtest.Options{
+				Kernel: e.kernel.Image, BaseImage: base, OutDir: t.TempDir(), Timeout: 2 * time.Minute,
+				Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^(TestPass|TestGuestSetup)$"}}},
+			})
+			require.NoError(t, err)
+			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
+			assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestGuestSetup")
+			assert.Empty(t, res.Log, "the agent reported problems setting up the guest")
+			b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
+			require.NoError(t, err)
+			assert.Equal(t, res.Release, string(b))
+			dmesg, err := os.ReadFile(filepath.Join(res.OutDir, "dmesg.log"))
+			require.NoError(t, err)
+			assert.True(t, strings.HasPrefix(string(dmesg), "[    0.000000] Linux version "), "dmesg.log starts with %.80q", dmesg)
+			assert.Contains(t, string(dmesg), "] vmtest-sample: last kmsg record\n")
+			assert.Equal(t, 1, strings.Count(string(dmesg), "Linux version "), "each record once")
+			assert.Greater(t, res.Kernel.Init, 0.0, "kernel time of /init read from the console")
+			assert.Greater(t, res.Kernel.UserSpace(), 0.0)
+		})
+	}
 }

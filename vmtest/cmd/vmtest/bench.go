@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -8,7 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -80,8 +81,11 @@ func benchCmd(ctx context.Context, args []string) error {
 	type row struct {
 		kernel, release                   string
 		floor, runner, first, boot, other time.Duration
-		rss                               int64
-		accel                             string
+		// Medians on the guest kernel's clock: start of /init, and /init
+		// to power-off, for the floor and the runner.
+		floorInit, floorUser, runInit, runUser float64
+		rss                                    int64
+		accel                                  string
 	}
 	var rows []row
 	preps := map[string]*prepared{}
@@ -96,15 +100,19 @@ func benchCmd(ctx context.Context, args []string) error {
 		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus,
 			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
 		var floors, runs, firsts, boots, others []time.Duration
+		var floorInits, floorUsers, runInits, runUsers []float64
 		var rss int64
 		var accel string
 		for i := 0; i < *n; i++ {
-			d, a, err := vmtest.Floor(ctx, opts, floorImg)
+			fl, err := vmtest.Floor(ctx, opts, floorImg)
 			if err != nil {
 				return fmt.Errorf("kernel %s: %w", name, err)
 			}
+			d := fl.Duration
 			floors = append(floors, d)
-			accel = a.Name
+			floorInits = append(floorInits, fl.Kernel.Init)
+			floorUsers = append(floorUsers, fl.Kernel.UserSpace())
+			accel = fl.Accel.Name
 			opts.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d", name, i))
 			res, err := vmtest.Run(ctx, opts)
 			if err != nil {
@@ -116,6 +124,8 @@ func benchCmd(ctx context.Context, args []string) error {
 			runs = append(runs, res.Duration)
 			firsts = append(firsts, res.FirstOutput)
 			boots = append(boots, res.Boot)
+			runInits = append(runInits, res.Kernel.Init)
+			runUsers = append(runUsers, res.Kernel.UserSpace())
 			rss = max(rss, res.QEMUMaxRSS)
 			oopts := opts
 			oopts.BaseImage = otherBase
@@ -127,10 +137,12 @@ func benchCmd(ctx context.Context, args []string) error {
 				return fmt.Errorf("kernel %s, init %s: trivial test failed: %w", name, otherInit, err)
 			}
 			others = append(others, ores.Duration)
-			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs, runner %.2fs, with init %s %.2fs\n", name, i+1, d.Seconds(), res.Duration.Seconds(), otherInit, ores.Duration.Seconds())
+			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs (/init at %.2fs), runner %.2fs (/init at %.2fs), with init %s %.2fs (/init at %.2fs)\n",
+				name, i+1, d.Seconds(), fl.Kernel.Init, res.Duration.Seconds(), res.Kernel.Init, otherInit, ores.Duration.Seconds(), ores.Kernel.Init)
 		}
 		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
-			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel})
+			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
+			floorInit: median(floorInits), floorUser: median(floorUsers), runInit: median(runInits), runUser: median(runUsers)})
 	}
 
 	// The matrix: the trivial test on every kernel, one at a time, then
@@ -177,13 +189,14 @@ func benchCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s)\n\n", *n, rows[0].accel)
 	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
 	fmt.Fprintf(&b, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, otherInit)
-	b.WriteString("Times are QEMU start to exit. Under software emulation absolute times mean little: compare the ratios.\n\n")
-	fmt.Fprintf(&b, "| kernel | release | floor | runner | runner/floor | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", otherInit)
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
+	b.WriteString("on the console (floor / runner). Under software emulation absolute times mean little: compare the ratios.\n\n")
+	fmt.Fprintf(&b, "| kernel | release | floor | runner | runner/floor | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", otherInit)
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
-			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.first.Seconds(), r.boot.Seconds(), r.rss>>20,
-			r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
+		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %.2fs / %.2fs | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, r.floorUser, r.runUser,
+			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&b, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
 		len(names), seq.Seconds(), f.vms, par.Seconds())
@@ -208,9 +221,9 @@ func benchCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+func median[T cmp.Ordered](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
 	return s[len(s)/2]
 }
 

@@ -45,7 +45,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
-	fs.StringVar(&f.init, "init", images.InitURoot, "guest PID 1: uroot (u-root's init starts the agent) or agent (the agent is PID 1, set up with u-root's libinit; faster boots)")
+	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
 }
 

@@ -1,14 +1,12 @@
 //go:build linux
 
-// Package guest is the agent that runs inside the VM as u-root's uinit: it
-// prepares the system (file systems, loopback, kernel modules), runs the job's
-// commands, streams their output and artifacts over the result port and powers
-// the VM off.
+// Package guest is the agent that runs inside the VM, as PID 1 or as u-root's
+// uinit: it prepares the system (file systems, loopback, kernel modules), runs
+// the job's commands, streams their output, artifacts and the kernel log over
+// the result port and powers the VM off.
 package guest
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/u-root/u-root/pkg/libinit"
 	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/vmtest/vmtest/internal/proto"
@@ -32,14 +29,11 @@ import (
 func Main() {
 	log.SetPrefix("vmtest-guest: ")
 	log.SetFlags(0)
+	var rootfs <-chan []error
 	if os.Getpid() == 1 {
-		// The agent is the init (images.InitAgent): set up the root file
-		// system the way u-root's init does, with the same library.
-		libinit.SetEnv()
-		libinit.CreateRootfs()
-		libinit.NetInit()
+		rootfs = initRootfs()
 	}
-	err := run()
+	err := run(rootfs)
 	if err != nil {
 		log.Printf("%v", err)
 	}
@@ -60,7 +54,9 @@ func boolToCode(b bool) int {
 	return 0
 }
 
-func run() error {
+// run does the job. rootfs, when the agent is PID 1, delivers the errors of
+// the file system set-up that runs meanwhile.
+func run(rootfs <-chan []error) error {
 	job, err := readJob(proto.JobPath)
 	if err != nil {
 		return err
@@ -76,14 +72,24 @@ func run() error {
 	defer f.Close()
 	w := proto.NewWriter(f)
 	a := &agent{w: w}
-
 	a.hello()
+	kmsg, err := startKmsg(w)
+	if err != nil {
+		a.logf("%v", err)
+	}
+	if rootfs != nil {
+		for _, err := range <-rootfs {
+			a.logf("%v", err)
+		}
+	}
 	a.setup()
 	a.loadModules(job.Modules)
 	for _, c := range job.Commands {
 		a.runCommand(c, job.Env)
 	}
-	a.sendDmesg()
+	if kmsg != nil {
+		kmsg.stop()
+	}
 	return w.WriteFrame(proto.TypeDone, "", nil)
 }
 
@@ -93,7 +99,7 @@ func readJob(path string) (*proto.Job, error) {
 		return nil, fmt.Errorf("read job: %w", err)
 	}
 	var j proto.Job
-	if err := json.Unmarshal(b, &j); err != nil {
+	if err := j.UnmarshalBinary(b); err != nil {
 		return nil, fmt.Errorf("parse job %s: %w", path, err)
 	}
 	return &j, nil
@@ -137,14 +143,12 @@ func (a *agent) logf(format string, args ...any) {
 func (a *agent) hello() {
 	var u unix.Utsname
 	_ = unix.Uname(&u)
-	var si unix.Sysinfo_t
-	_ = unix.Sysinfo(&si)
 	h := proto.Hello{
 		Release: unix.ByteSliceToString(u.Release[:]),
 		Version: unix.ByteSliceToString(u.Version[:]),
 		Uptime:  uptime(),
 	}
-	b, _ := json.Marshal(h)
+	b, _ := h.MarshalBinary()
 	_ = a.w.WriteFrame(proto.TypeHello, "", b)
 }
 
@@ -156,23 +160,20 @@ func uptime() float64 {
 	return float64(ts.Sec) + float64(ts.Nsec)/1e9
 }
 
-// setup mounts what eBPF tests expect and u-root's init does not provide.
+// setup finishes the guest set-up: under u-root's init it mounts what eBPF
+// tests expect and u-root's init does not provide.
 func (a *agent) setup() {
-	mounts := []struct{ src, dst, fstype string }{
-		{"bpf", "/sys/fs/bpf", "bpf"},
-		{"tracefs", "/sys/kernel/tracing", "tracefs"},
-		{"debugfs", "/sys/kernel/debug", "debugfs"},
-	}
-	for _, m := range mounts {
-		if mounted(m.dst) {
-			continue
-		}
-		if err := os.MkdirAll(m.dst, 0o755); err != nil {
-			a.logf("mkdir %s: %v", m.dst, err)
-			continue
-		}
-		if err := unix.Mount(m.src, m.dst, m.fstype, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			a.logf("mount %s on %s: %v", m.fstype, m.dst, err)
+	if os.Getpid() != 1 {
+		for _, m := range rootfs {
+			switch m.fstype {
+			case "bpf", "tracefs", "debugfs":
+				if mounted(m.dst) {
+					continue
+				}
+				if err := mountOnce(m); err != nil {
+					a.logf("%v", err)
+				}
+			}
 		}
 	}
 	// Tests raise RLIMIT_MEMLOCK themselves on old kernels, but unlimited is
@@ -243,7 +244,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 		ex.Error = cmd.ProcessState.String()
 	}
 	a.sendArtifacts(c.ID, artifacts)
-	b, _ := json.Marshal(ex)
+	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)
 	}
@@ -271,51 +272,6 @@ func (a *agent) sendArtifacts(id, dir string) {
 	if err != nil {
 		a.logf("send artifacts of %s: %v", id, err)
 	}
-}
-
-// sendDmesg ships the whole kernel log: the console shows only what passes
-// the console log level, but splats must be found whatever their level.
-func (a *agent) sendDmesg() {
-	// Raw syscalls: an os.File on a non-blocking character device would
-	// park in Go's poller at the end of the log instead of returning EAGAIN.
-	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		a.logf("open /dev/kmsg: %v", err)
-		return
-	}
-	defer unix.Close(fd)
-	var b bytes.Buffer
-	buf := make([]byte, 8192)
-	for {
-		n, err := unix.Read(fd, buf)
-		if errors.Is(err, unix.EPIPE) { // records overwritten while reading; go on
-			continue
-		}
-		if err != nil || n <= 0 {
-			break
-		}
-		b.WriteString(kmsgLine(buf[:n]))
-	}
-	_ = a.w.WriteFrame(proto.TypeDmesg, "", b.Bytes())
-}
-
-// kmsgLine turns one /dev/kmsg record ("prio,seq,usec,flags;text\n") into a
-// dmesg-style line.
-func kmsgLine(rec []byte) string {
-	s := string(rec)
-	head, text, ok := strings.Cut(s, ";")
-	if !ok {
-		return s
-	}
-	// Continuation lines (" KEY=value") follow the text; keep the text only.
-	text, _, _ = strings.Cut(text, "\n")
-	f := strings.Split(head, ",")
-	if len(f) >= 3 {
-		var usec int64
-		fmt.Sscan(f[2], &usec)
-		return fmt.Sprintf("[%5d.%06d] %s\n", usec/1e6, usec%1e6, text)
-	}
-	return text + "\n"
 }
 
 // frameWriter sends a command's output as TypeOutput frames.

@@ -18,11 +18,15 @@ func TestKmsgLine(t *testing.T) {
 	tests := []struct{ rec, want string }{
 		{"6,339,5140900,-;NET: Registered PF_PACKET protocol family\n", "[    5.140900] NET: Registered PF_PACKET protocol family\n"},
 		{"4,500,123456789,-;WARNING: CPU: 0 PID: 1 at x.c:1 f\n SUBSYSTEM=cpu\n", "[  123.456789] WARNING: CPU: 0 PID: 1 at x.c:1 f\n"},
+		{"6,1,0,-;at zero\n", "[    0.000000] at zero\n"},
+		{"6,2,123456789012,-;long uptime\n", "[123456.789012] long uptime\n"},
+		{"6,3,x,-;bad timestamp\n", "bad timestamp\n"},
 		{"no header at all\n", "no header at all\n"},
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, kmsgLine([]byte(tt.rec)))
+		assert.Equal(t, tt.want, string(appendKmsgLine(nil, []byte(tt.rec))))
 	}
+	assert.Equal(t, "a\n[    0.000001] b\n", string(appendKmsgLine([]byte("a\n"), []byte("6,4,1,-;b\n"))))
 }
 
 func TestFrameWriterSplitsLargeOutput(t *testing.T) {

@@ -118,3 +118,49 @@ func TestModuleLoaded(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestSetup checks what the guest agent (or u-root's init) set up for
+// eBPF tests, and writes a marker to the kernel log that the host must find in
+// dmesg.log: the last records of the log must reach it too.
+func TestGuestSetup(t *testing.T) {
+	guestOnly(t)
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 2 {
+			mounts[f[1]] = f[2]
+		}
+	}
+	want := map[string]string{"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/tmp": "tmpfs",
+		"/sys/fs/bpf": "bpf", "/sys/kernel/tracing": "tracefs", "/sys/kernel/debug": "debugfs"}
+	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) == "vmtest-guest" {
+		// The agent as PID 1 mounts cgroup v2; u-root's init mounts v1.
+		want["/sys/fs/cgroup"] = "cgroup2"
+	}
+	for dir, fs := range want {
+		if mounts[dir] != fs {
+			t.Errorf("%s: mounted %q, want %s", dir, mounts[dir], fs)
+		}
+	}
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		t.Fatal(err)
+	}
+	if ifr.Uint16()&unix.IFF_UP == 0 {
+		t.Error("lo is down")
+	}
+	if err := os.WriteFile("/dev/kmsg", []byte("<6>vmtest-sample: last kmsg record\n"), 0o200); err != nil {
+		t.Fatal(err)
+	}
+}
