@@ -72,6 +72,10 @@ type Options struct {
 	Timeout time.Duration
 	// Append is added to the kernel command line.
 	Append string
+	// KASLR keeps the kernel's address space layout randomization, which
+	// vmtest turns off (nokaslr) by default: under software emulation
+	// random placement makes some boots 10% slower than others.
+	KASLR bool
 
 	// Console, when set, receives a live copy of the guest console.
 	Console io.Writer
@@ -314,10 +318,12 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []st
 		"random.trust_cpu=on", // do not wait for entropy: old kernels block getrandom until then
 		"UROOT_NOHWRNG=1",     // u-root's init need not look for a hardware RNG
 		"printk.devkmsg=on",
-		// Under software emulation the kernel's random placement makes some
-		// boots ~10% slower than others, all the way through: fixed placement
-		// makes runs faster and run times comparable.
-		"nokaslr",
+	}
+	if !opts.KASLR {
+		// Under software emulation the kernel's random placement makes
+		// some boots ~10% slower than others, all the way through: fixed
+		// placement makes runs faster and their times comparable.
+		cmdline = append(cmdline, "nokaslr")
 	}
 	if opts.Append != "" {
 		cmdline = append(cmdline, opts.Append)

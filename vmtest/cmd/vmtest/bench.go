@@ -28,13 +28,17 @@ func benchCmd(ctx context.Context, args []string) error {
 	f.register(fs)
 	n := fs.Int("n", 5, "boots per kernel and kind; the median is reported")
 	out := fs.String("out", "", "also write the table to this file (default <results>/bench-runner.md)")
+	cold := fs.Bool("cold", true, "also measure the cold-cache costs (kernel fetch into an empty cache, needs the network; image build)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest bench [flags]\n\n"+
-			"For each -kernel (comma-separated or \"all\"), boots -n times a trivial static /init that powers\n"+
-			"off (the floor) and -n times the runner with a trivial test, interleaved, and prints medians:\n"+
-			"QEMU start to exit, QEMU start to the first test event, and the ratio runner/floor. Then runs\n"+
-			"the trivial test over all the kernels one at a time and -vms at a time. Under software\n"+
-			"emulation absolute times mean little; compare the ratios, measured in one run.\n\nFlags:\n")
+			"With -cold, first fetches each -kernel (comma-separated or \"all\") into an empty cache and builds\n"+
+			"the base image into an empty cache, timing both (your cache is not touched). Then, for each\n"+
+			"kernel, boots -n times a trivial static /init that powers off (the floor), -n times the runner\n"+
+			"with a trivial test and -n times the same with the other -init, interleaved, and prints medians:\n"+
+			"QEMU start to exit, the ratio runner/floor, the kernel's boot and user space on the guest's own\n"+
+			"clock, QEMU start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
+			"over all the kernels one at a time and -vms at a time. Under software emulation absolute times\n"+
+			"mean little; compare the ratios, measured in one run.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -77,6 +81,14 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var coldReport string
+	if *cold {
+		rows, image, size, err := coldCosts(ctx, names, f.init)
+		if err != nil {
+			return fmt.Errorf("cold-cache costs: %w", err)
+		}
+		coldReport = coldTable(rows, image, size, f.init)
+	}
 
 	type row struct {
 		kernel, release                   string
@@ -97,48 +109,70 @@ func benchCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		preps[name] = p
-		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus,
+		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr,
 			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
 		var floors, runs, firsts, boots, others []time.Duration
 		var floorInits, floorUsers, runInits, runUsers []float64
 		var rss int64
 		var accel string
+		var fl *vmtest.FloorResult
+		var res, ores *vmtest.Result
+		kinds := []func(i int) error{
+			func(int) error {
+				var err error
+				if fl, err = vmtest.Floor(ctx, opts, floorImg); err != nil {
+					return err
+				}
+				floors = append(floors, fl.Duration)
+				floorInits = append(floorInits, fl.Kernel.Init)
+				floorUsers = append(floorUsers, fl.Kernel.UserSpace())
+				accel = fl.Accel.Name
+				return nil
+			},
+			func(i int) error {
+				o := opts
+				o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d", name, i))
+				var err error
+				if res, err = vmtest.Run(ctx, o); err == nil {
+					err = res.Err()
+				}
+				if err != nil {
+					return fmt.Errorf("trivial test: %w", err)
+				}
+				runs = append(runs, res.Duration)
+				firsts = append(firsts, res.FirstOutput)
+				boots = append(boots, res.Boot)
+				runInits = append(runInits, res.Kernel.Init)
+				runUsers = append(runUsers, res.Kernel.UserSpace())
+				rss = max(rss, res.QEMUMaxRSS)
+				return nil
+			},
+			func(i int) error {
+				o := opts
+				o.BaseImage = otherBase
+				o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d-%s", name, i, otherInit))
+				var err error
+				if ores, err = vmtest.Run(ctx, o); err == nil {
+					err = ores.Err()
+				}
+				if err != nil {
+					return fmt.Errorf("trivial test with init %s: %w", otherInit, err)
+				}
+				others = append(others, ores.Duration)
+				return nil
+			},
+		}
 		for i := 0; i < *n; i++ {
-			fl, err := vmtest.Floor(ctx, opts, floorImg)
-			if err != nil {
-				return fmt.Errorf("kernel %s: %w", name, err)
+			// Each boot kind goes first, second and third in turn, so
+			// whatever the previous boot leaves on the host weighs on all
+			// of them alike.
+			for k := range kinds {
+				if err := kinds[(i+k)%len(kinds)](i); err != nil {
+					return fmt.Errorf("kernel %s: %w", name, err)
+				}
 			}
-			d := fl.Duration
-			floors = append(floors, d)
-			floorInits = append(floorInits, fl.Kernel.Init)
-			floorUsers = append(floorUsers, fl.Kernel.UserSpace())
-			accel = fl.Accel.Name
-			opts.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d", name, i))
-			res, err := vmtest.Run(ctx, opts)
-			if err != nil {
-				return fmt.Errorf("kernel %s: %w", name, err)
-			}
-			if err := res.Err(); err != nil {
-				return fmt.Errorf("kernel %s: trivial test failed: %w", name, err)
-			}
-			runs = append(runs, res.Duration)
-			firsts = append(firsts, res.FirstOutput)
-			boots = append(boots, res.Boot)
-			runInits = append(runInits, res.Kernel.Init)
-			runUsers = append(runUsers, res.Kernel.UserSpace())
-			rss = max(rss, res.QEMUMaxRSS)
-			oopts := opts
-			oopts.BaseImage = otherBase
-			ores, err := vmtest.Run(ctx, oopts)
-			if err != nil {
-				return fmt.Errorf("kernel %s: %w", name, err)
-			}
-			if err := ores.Err(); err != nil {
-				return fmt.Errorf("kernel %s, init %s: trivial test failed: %w", name, otherInit, err)
-			}
-			others = append(others, ores.Duration)
 			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs (/init at %.2fs), runner %.2fs (/init at %.2fs), with init %s %.2fs (/init at %.2fs)\n",
-				name, i+1, d.Seconds(), fl.Kernel.Init, res.Duration.Seconds(), res.Kernel.Init, otherInit, ores.Duration.Seconds(), ores.Kernel.Init)
+				name, i+1, fl.Duration.Seconds(), fl.Kernel.Init, res.Duration.Seconds(), res.Kernel.Init, otherInit, ores.Duration.Seconds(), ores.Kernel.Init)
 		}
 		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
 			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
@@ -161,7 +195,7 @@ func benchCmd(ctx context.Context, args []string) error {
 				defer func() { <-sem }()
 				p := preps[name]
 				res, err := vmtest.Run(ctx, vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu,
-					MemoryMB: f.memory, CPUs: f.cpus, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
+					MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
 					Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}})
 				if err == nil {
 					err = res.Err()
@@ -201,6 +235,9 @@ func benchCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(&b, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
 		len(names), seq.Seconds(), f.vms, par.Seconds())
 	fmt.Fprintf(&b, "\nparallel/sequential: %.2f\n", par.Seconds()/seq.Seconds())
+	if coldReport != "" {
+		b.WriteString("\n" + coldReport)
+	}
 	fmt.Print(b.String())
 
 	path := *out

@@ -32,6 +32,7 @@ type vmFlags struct {
 	vms     int
 	append  string
 	init    string
+	kaslr   bool
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -45,6 +46,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
+	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
 }
@@ -66,6 +68,9 @@ func (f *vmFlags) args() []string {
 	}
 	if f.append != "" {
 		a = append(a, "-append", f.append)
+	}
+	if f.kaslr {
+		a = append(a, "-kaslr")
 	}
 	return a
 }

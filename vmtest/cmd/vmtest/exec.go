@@ -82,6 +82,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		CPUs:      f.cpus,
 		Timeout:   f.timeout,
 		Append:    f.append,
+		KASLR:     f.kaslr,
 		Output:    os.Stdout,
 	}
 	if f.console {
