@@ -18,6 +18,9 @@ type File struct {
 	Host  string
 	Data  []byte
 	Mode  os.FileMode // 0 means 0644, or 0755 for a host file that is executable
+	// StripDWARF drops the DWARF sections of an ELF executable (see
+	// StripDWARF); other files are left as they are.
+	StripDWARF bool
 }
 
 // Write writes the image for one run to dst: the base archive followed by an
@@ -86,6 +89,9 @@ func records(files []File) ([]cpio.Record, error) {
 		}
 		if mode == 0 {
 			mode = 0o644
+		}
+		if f.StripDWARF {
+			data, _ = StripDWARF(data)
 		}
 		recs = append(recs, cpio.StaticRecord(data, cpio.Info{
 			Name:     name,

@@ -72,6 +72,10 @@ type Options struct {
 	Timeout time.Duration
 	// Append is added to the kernel command line.
 	Append string
+	// KeepDWARF puts command binaries in the image as they are. By default
+	// their DWARF sections are dropped (the symbol table stays): nothing in
+	// the guest reads them and they cost unpacking time at every boot.
+	KeepDWARF bool
 	// KASLR keeps the kernel's address space layout randomization, which
 	// vmtest turns off (nokaslr) by default: under software emulation
 	// random placement makes some boots 10% slower than others.
@@ -258,7 +262,7 @@ func writeImage(dst string, opts Options) error {
 			return fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-'", c.ID)
 		}
 		guest := guestBinDir + "/" + c.ID
-		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755})
+		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
 		job.Commands = append(job.Commands, proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir})
 	}
 	for _, m := range opts.Modules {

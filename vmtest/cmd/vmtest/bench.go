@@ -109,7 +109,7 @@ func benchCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		preps[name] = p
-		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr,
+		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, KeepDWARF: f.dwarf,
 			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
 		var floors, runs, firsts, boots, others []time.Duration
 		var floorInits, floorUsers, runInits, runUsers []float64
@@ -195,7 +195,7 @@ func benchCmd(ctx context.Context, args []string) error {
 				defer func() { <-sem }()
 				p := preps[name]
 				res, err := vmtest.Run(ctx, vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu,
-					MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
+					MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, KeepDWARF: f.dwarf, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
 					Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}})
 				if err == nil {
 					err = res.Err()

@@ -33,6 +33,7 @@ type vmFlags struct {
 	append  string
 	init    string
 	kaslr   bool
+	dwarf   bool
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -46,6 +47,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
+	fs.BoolVar(&f.dwarf, "keep-dwarf", false, "put test binaries in the guest with their DWARF debug info (dropped by default: nothing in the guest reads it, and it costs boot time)")
 	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
@@ -71,6 +73,9 @@ func (f *vmFlags) args() []string {
 	}
 	if f.kaslr {
 		a = append(a, "-kaslr")
+	}
+	if f.dwarf {
+		a = append(a, "-keep-dwarf")
 	}
 	return a
 }

@@ -83,6 +83,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		Timeout:   f.timeout,
 		Append:    f.append,
 		KASLR:     f.kaslr,
+		KeepDWARF: f.dwarf,
 		Output:    os.Stdout,
 	}
 	if f.console {
