@@ -26,7 +26,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("vmtest bench", flag.ContinueOnError)
 	var f vmFlags
 	f.register(fs)
-	n := fs.Int("n", 5, "boots per kernel and kind; the median is reported")
+	n := fs.Int("n", 7, "boots per kernel and kind; the median is reported")
 	out := fs.String("out", "", "also write the table to this file (default <results>/bench-runner.md)")
 	cold := fs.Bool("cold", true, "also measure the cold-cache costs (kernel fetch into an empty cache, needs the network; image build)")
 	fs.Usage = func() {
@@ -220,7 +220,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s)\n\n", *n, rows[0].accel)
+	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", *n, rows[0].accel, max(f.cpus, 1), f.memory)
 	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
 	fmt.Fprintf(&b, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, otherInit)
 	b.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
