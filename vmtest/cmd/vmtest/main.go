@@ -22,9 +22,9 @@ const usage = `vmtest runs Go tests inside Linux kernels under QEMU.
 Usage:
   vmtest run [flags] [-- go test [packages] [go test flags]]
       Builds the test binaries on the host (CGO_ENABLED=0), boots the kernel once
-      per package with a u-root initramfs holding the test binary, runs it as root
-      in the guest and prints each test's result, then "N passed, N failed, N
-      skipped". Exits 0 only when every test passed and the guest kernel
+      per package with an initramfs (built with u-root) holding the test binary
+      and vmtest's guest agent as /init, runs the binary as root in the guest
+      and prints each test's result, then "N passed, N failed, N skipped". Exits 0 only when every test passed and the guest kernel
       reported no splat (WARNING, BUG, oops, lockdep, KASAN, RCU stall, hung task).
       Without arguments it runs "go test ./...".
       Results (console log, kernel log, test output, artifacts, go test -json
@@ -39,10 +39,11 @@ Usage:
       Lists the kernel versions that can be fetched and those already cached;
       with -fetch, fetches one.
 
-  vmtest bench [-kernel all] [-n 5]
-      Measures the runner against the floor (the same kernel booting a trivial
-      /init that powers off) and the matrix wall time, one guest at a time and
-      in parallel; prints a table and writes it to the results directory.
+  vmtest bench [-kernel all] [-n 7]
+      Measures the cold-cache costs (kernel fetch, image build), the runner
+      against the floor (the same kernel booting a trivial /init that powers
+      off) and the matrix wall time, one guest at a time and in parallel;
+      prints tables and writes them to the results directory.
 
 Kernels are named by version (5.10, 6.1, 6.12, 7.2, 7.3; default 6.1) and come
 from Debian's archive into a cache ($VMTEST_CACHE_DIR, else
