@@ -49,8 +49,8 @@ test: deps
 # guest at a time so that the guests do not measure each other; its tables
 # (summary.md of that run) also go to vmtest-results/bench-storage.md.
 bench: deps bin/vmtest
-	$(VMTEST) bench -kernel all -cpus $(CPUS) $(VMTEST_ARGS)
 	@status=0; \
+	$(VMTEST) bench -kernel all -cpus $(CPUS) $(VMTEST_ARGS) || status=$$?; \
 	$(VMTEST) run -kernel $(BENCH_KERNELS) -cpus $(CPUS) -modules veth -vms 1 -results vmtest-results $(VMTEST_ARGS) -- go test ./suites/skbbench -count=1 || status=$$?; \
 	echo; \
 	echo "== skb-keyed storage cost: under software emulation absolute numbers mean little, compare the ratios =="; \

@@ -100,6 +100,11 @@ func benchCmd(ctx context.Context, args []string) error {
 		accel                                  string
 	}
 	var rows []row
+	var failures []string
+	resultsDir := f.results
+	if resultsDir == "" {
+		resultsDir = "vmtest-results"
+	}
 	preps := map[string]*prepared{}
 	for _, name := range names {
 		kf := f
@@ -115,29 +120,44 @@ func benchCmd(ctx context.Context, args []string) error {
 		var floorInits, floorUsers, runInits, runUsers []float64
 		var rss int64
 		var accel string
-		var fl *vmtest.FloorResult
-		var res, ores *vmtest.Result
-		kinds := []func(i int) error{
-			func(int) error {
-				var err error
-				if fl, err = vmtest.Floor(ctx, opts, floorImg); err != nil {
-					return err
+		// runKind boots the trivial test with base; a failed boot's logs are
+		// kept under the results directory.
+		runKind := func(kind, base string, i int) (*vmtest.Result, error) {
+			o := opts
+			o.BaseImage = base
+			o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%s-%d", name, kind, i))
+			res, err := vmtest.Run(ctx, o)
+			if err == nil {
+				err = res.Err()
+			}
+			if err != nil {
+				kept := filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
+				if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.Rename(o.OutDir, kept) == nil {
+					err = fmt.Errorf("%w (logs in %s)", err, kept)
+				}
+				return nil, err
+			}
+			return res, nil
+		}
+		kinds := []struct {
+			name string
+			boot func(i int) (string, error)
+		}{
+			{"floor", func(int) (string, error) {
+				fl, err := vmtest.Floor(ctx, opts, floorImg)
+				if err != nil {
+					return "", err
 				}
 				floors = append(floors, fl.Duration)
 				floorInits = append(floorInits, fl.Kernel.Init)
 				floorUsers = append(floorUsers, fl.Kernel.UserSpace())
 				accel = fl.Accel.Name
-				return nil
-			},
-			func(i int) error {
-				o := opts
-				o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d", name, i))
-				var err error
-				if res, err = vmtest.Run(ctx, o); err == nil {
-					err = res.Err()
-				}
+				return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
+			}},
+			{"runner", func(i int) (string, error) {
+				res, err := runKind("init-"+f.init, base, i)
 				if err != nil {
-					return fmt.Errorf("trivial test: %w", err)
+					return "", err
 				}
 				runs = append(runs, res.Duration)
 				firsts = append(firsts, res.FirstOutput)
@@ -145,34 +165,41 @@ func benchCmd(ctx context.Context, args []string) error {
 				runInits = append(runInits, res.Kernel.Init)
 				runUsers = append(runUsers, res.Kernel.UserSpace())
 				rss = max(rss, res.QEMUMaxRSS)
-				return nil
-			},
-			func(i int) error {
-				o := opts
-				o.BaseImage = otherBase
-				o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%d-%s", name, i, otherInit))
-				var err error
-				if ores, err = vmtest.Run(ctx, o); err == nil {
-					err = ores.Err()
-				}
+				return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
+			}},
+			{"init " + otherInit, func(i int) (string, error) {
+				res, err := runKind("init-"+otherInit, otherBase, i)
 				if err != nil {
-					return fmt.Errorf("trivial test with init %s: %w", otherInit, err)
+					return "", err
 				}
-				others = append(others, ores.Duration)
-				return nil
-			},
+				others = append(others, res.Duration)
+				return fmt.Sprintf("with init %s %.2fs (/init at %.2fs)", otherInit, res.Duration.Seconds(), res.Kernel.Init), nil
+			}},
 		}
 		for i := 0; i < *n; i++ {
 			// Each boot kind goes first, second and third in turn, so
 			// whatever the previous boot leaves on the host weighs on all
-			// of them alike.
+			// of them alike. A failed boot (a guest that panics...) is
+			// reported and the others go on.
+			var done []string
 			for k := range kinds {
-				if err := kinds[(i+k)%len(kinds)](i); err != nil {
-					return fmt.Errorf("kernel %s: %w", name, err)
+				kind := kinds[(i+k)%len(kinds)]
+				msg, err := kind.boot(i)
+				if ctx.Err() != nil {
+					return ctx.Err()
 				}
+				if err != nil {
+					failures = append(failures, fmt.Sprintf("kernel %s, %s, boot %d: %v", name, kind.name, i+1, err))
+					fmt.Fprintf(os.Stderr, "bench %s #%d: %s FAILED: %v\n", name, i+1, kind.name, err)
+					continue
+				}
+				done = append(done, msg)
 			}
-			fmt.Fprintf(os.Stderr, "bench %s #%d: floor %.2fs (/init at %.2fs), runner %.2fs (/init at %.2fs), with init %s %.2fs (/init at %.2fs)\n",
-				name, i+1, fl.Duration.Seconds(), fl.Kernel.Init, res.Duration.Seconds(), res.Kernel.Init, otherInit, ores.Duration.Seconds(), ores.Kernel.Init)
+			fmt.Fprintf(os.Stderr, "bench %s #%d: %s\n", name, i+1, strings.Join(done, ", "))
+		}
+		if len(floors) == 0 || len(runs) == 0 || len(others) == 0 {
+			failures = append(failures, fmt.Sprintf("kernel %s: no row, every boot of a kind failed", name))
+			continue
 		}
 		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
 			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
@@ -212,15 +239,22 @@ func benchCmd(ctx context.Context, args []string) error {
 	}
 	seq, err := matrix(1)
 	if err != nil {
-		return err
+		failures = append(failures, fmt.Sprintf("matrix one at a time: %v", err))
 	}
 	par, err := matrix(f.vms)
 	if err != nil {
-		return err
+		failures = append(failures, fmt.Sprintf("matrix %d at a time: %v", f.vms, err))
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	accel := "unknown"
+	if len(rows) > 0 {
+		accel = rows[0].accel
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", *n, rows[0].accel, max(f.cpus, 1), f.memory)
+	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", *n, accel, max(f.cpus, 1), f.memory)
 	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
 	fmt.Fprintf(&b, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, otherInit)
 	b.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
@@ -238,23 +272,28 @@ func benchCmd(ctx context.Context, args []string) error {
 	if coldReport != "" {
 		b.WriteString("\n" + coldReport)
 	}
+	if len(failures) > 0 {
+		b.WriteString("\n## Failed boots\n\nMedians above are over the boots that succeeded.\n\n")
+		for _, m := range failures {
+			fmt.Fprintf(&b, "- %s\n", strings.ReplaceAll(m, "\n", " "))
+		}
+	}
 	fmt.Print(b.String())
 
 	path := *out
 	if path == "" {
-		results := f.results
-		if results == "" {
-			results = "vmtest-results"
-		}
-		if err := os.MkdirAll(results, 0o755); err != nil {
+		if err := os.MkdirAll(resultsDir, 0o755); err != nil {
 			return err
 		}
-		path = filepath.Join(results, "bench-runner.md")
+		path = filepath.Join(resultsDir, "bench-runner.md")
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "vmtest: bench table written to %s\n", path)
+	if len(failures) > 0 {
+		return fmt.Errorf("%d boot(s) failed; see the end of %s", len(failures), path)
+	}
 	return nil
 }
 
