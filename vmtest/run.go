@@ -480,12 +480,15 @@ type FloorResult struct {
 	// Duration is the time from QEMU's start to its exit.
 	Duration time.Duration
 	Kernel   KernelTimes
+	// Console is what the guest printed (the first MiB).
+	Console string
 }
 
 // Floor boots kernel with an initramfs that is used as it is, typically a
 // trivial /init that prints "floorinit: reached /init" and powers off at
 // once. It uses the same machine and accelerator as Run, so the two can be
-// compared: the difference is what vmtest itself costs.
+// compared: the difference is what vmtest itself costs. When the guest does
+// not get there, the error comes with a FloorResult holding its console.
 func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, error) {
 	qemu, err := findQEMU(opts.QEMU)
 	if err != nil {
@@ -510,18 +513,24 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	cmd.Stdout = &limitedWriter{w: &out, n: 1 << 20}
 	cmd.Stderr = cmd.Stdout
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("floor boot: %w: %s", err, lastLines(out.String(), 5))
-	}
+	err = cmd.Run()
 	res.Duration = time.Since(start)
-	if !strings.Contains(out.String(), "floorinit: reached /init") {
-		return nil, fmt.Errorf("floor boot never reached /init: %s", lastLines(out.String(), 5))
-	}
+	res.Console = out.String()
 	con := newConsole(1)
-	for _, l := range strings.Split(out.String(), "\n") {
+	for _, l := range strings.Split(res.Console, "\n") {
 		con.add(l)
 	}
 	res.Kernel = con.kernelTimes()
+	why := lastLines(res.Console, 5)
+	if p := con.panicLine(); p != "" {
+		why = p
+	}
+	if err != nil {
+		return res, fmt.Errorf("floor boot: %w: %s", err, why)
+	}
+	if !strings.Contains(res.Console, "floorinit: reached /init") {
+		return res, fmt.Errorf("floor boot never reached /init: %s", why)
+	}
 	return res, nil
 }
 

@@ -143,9 +143,15 @@ func benchCmd(ctx context.Context, args []string) error {
 			name string
 			boot func(i int) (string, error)
 		}{
-			{"floor", func(int) (string, error) {
+			{"floor", func(i int) (string, error) {
 				fl, err := vmtest.Floor(ctx, opts, floorImg)
 				if err != nil {
+					if fl != nil {
+						kept := filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-floor-%d", name, i))
+						if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
+							err = fmt.Errorf("%w (console in %s)", err, kept)
+						}
+					}
 					return "", err
 				}
 				floors = append(floors, fl.Duration)
