@@ -27,6 +27,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/u-root/gobusybox/src/pkg/golang"
 	"github.com/u-root/mkuimage/uimage"
@@ -100,6 +101,10 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	path := filepath.Join(opts.CacheDir, "base-"+opts.Init+"-"+key[:24]+".cpio")
 	if _, err := os.Stat(path); err == nil {
+		// The modification time says when an image was last used, for
+		// pruneImages.
+		now := time.Now()
+		_ = os.Chtimes(path, now, now)
 		return path, nil
 	}
 	if err := os.MkdirAll(opts.CacheDir, 0o755); err != nil {
@@ -131,7 +136,23 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
+	pruneImages(opts.CacheDir, time.Now().Add(-imageMaxAge))
 	return path, nil
+}
+
+// imageMaxAge is how long a base image nobody used stays in the cache. Each
+// change to the agent's sources (or to Go or a dependency) makes a new one.
+const imageMaxAge = 14 * 24 * time.Hour
+
+// pruneImages removes base images last used before cutoff. Another process
+// that still uses one has it open already; the kernel keeps its data.
+func pruneImages(dir string, cutoff time.Time) {
+	old, _ := filepath.Glob(filepath.Join(dir, "base-*.cpio"))
+	for _, p := range old {
+		if st, err := os.Stat(p); err == nil && st.ModTime().Before(cutoff) {
+			_ = os.Remove(p)
+		}
+	}
 }
 
 func goarch() string {
