@@ -78,7 +78,8 @@ func initRootfs() <-chan []error {
 	return done
 }
 
-// mountOnce mounts m unless something is already mounted there.
+// mountOnce mounts m, creating its mount point; EBUSY (a file system that
+// allows one mount there already has it) is not an error.
 func mountOnce(m mount) error {
 	if err := os.MkdirAll(m.dst, 0o755); err != nil {
 		return fmt.Errorf("mount %s: %w", m.fstype, err)
