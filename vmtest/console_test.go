@@ -1,0 +1,30 @@
+package vmtest
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestKernelTimesFromConsole(t *testing.T) {
+	c := newConsole(5)
+	for _, l := range []string{
+		"SeaBIOS (version 1.16.2)",
+		"[    0.000000] Linux version 6.1.0-56-cloud-amd64",
+		"[    1.582425] Run /init as init process",
+		"[    1.582529]   with arguments:",
+		"init: a user space line mentioning Run /init as init process",
+		"[    2.200119] reboot: Power down",
+	} {
+		c.add(l + "\r\n")
+	}
+	k := c.kernelTimes()
+	assert.InDelta(t, 1.582425, k.Init, 1e-9)
+	assert.InDelta(t, 2.200119, k.PowerOff, 1e-9)
+	assert.InDelta(t, 0.617694, k.UserSpace(), 1e-9)
+
+	none := newConsole(5)
+	none.add("[    0.5] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+	assert.Zero(t, none.kernelTimes().Init)
+	assert.Zero(t, none.kernelTimes().UserSpace(), "no user space without both ends")
+}
