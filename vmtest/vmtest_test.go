@@ -210,6 +210,26 @@ func assertNoQEMULeft(t *testing.T, outDir string) {
 	}
 }
 
+// TestAgentReapsOrphans runs a command that leaves exited grandchildren
+// behind, then one that fails on any zombie: the agent as PID 1 must have
+// reaped them between the two.
+func TestAgentReapsOrphans(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res, err := vmtest.Run(context.Background(), vmtest.Options{
+		Kernel: e.kernel.Image, BaseImage: e.base, OutDir: t.TempDir(), Timeout: 2 * time.Minute,
+		Commands: []vmtest.Command{
+			{ID: "orphans", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestMakeOrphans$"}},
+			{ID: "zombies", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestNoZombies$"}},
+		},
+	})
+	require.NoError(t, err)
+	require.Len(t, res.Commands, 2)
+	assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestMakeOrphans")
+	assert.Contains(t, string(res.Commands[1].Output), "--- PASS: TestNoZombies", "%s", res.Commands[1].Output)
+	assert.NoError(t, res.Err())
+}
+
 // TestGuestSetup checks the guest the agent sets up as PID 1 (the default)
 // and with u-root's init in front of it, and that the kernel log streamed by
 // the agent reaches the host whole: from the kernel's first line to a record

@@ -233,6 +233,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	if cmd.Process != nil {
 		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	}
+	reapOrphans()
 	ex := proto.Exit{Code: -1, Duration: time.Since(start)}
 	if cmd.ProcessState != nil {
 		ex.Code = cmd.ProcessState.ExitCode()
@@ -247,6 +248,22 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)
+	}
+}
+
+// reapOrphans collects the exit status of every child that has exited. As
+// PID 1 the agent inherits the processes a test left behind; it reaps them
+// only between commands, when no child os/exec still waits for exists.
+func reapOrphans() {
+	if os.Getpid() != 1 {
+		return
+	}
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
 	}
 }
 

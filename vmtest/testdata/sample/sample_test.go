@@ -5,6 +5,8 @@ package sample
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +164,49 @@ func TestGuestSetup(t *testing.T) {
 	}
 	if err := os.WriteFile("/dev/kmsg", []byte("<6>vmtest-sample: last kmsg record\n"), 0o200); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMakeOrphans leaves exited grandchildren behind: its child starts
+// another copy of this binary and exits without waiting for it, so the
+// grandchild is reparented to PID 1 and, once it exits, is a zombie until
+// PID 1 reaps it. TestNoZombies, run as the next command, checks that.
+func TestMakeOrphans(t *testing.T) {
+	guestOnly(t)
+	if os.Getenv("SAMPLE_ROLE") == "parent" {
+		for i := 0; i < 3; i++ {
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestMakeOrphans$")
+			cmd.Env = append(os.Environ(), "SAMPLE_ROLE=orphan")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return // without waiting: the three are orphaned
+	}
+	if os.Getenv("SAMPLE_ROLE") == "orphan" {
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestMakeOrphans$")
+	cmd.Env = append(os.Environ(), "SAMPLE_ROLE=parent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	time.Sleep(200 * time.Millisecond) // let the orphans exit
+}
+
+// TestNoZombies fails if any process in the guest is a zombie.
+func TestNoZombies(t *testing.T) {
+	guestOnly(t)
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ...: comm may hold spaces, so look after the last ')'.
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i > 0 && i+2 < len(s) && s[i+2] == 'Z' {
+			t.Errorf("zombie: %s", strings.TrimSpace(s[:min(len(s), 80)]))
+		}
 	}
 }
