@@ -95,7 +95,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	default:
 		return "", fmt.Errorf("base image: unknown init %q: want %s or %s", opts.Init, InitURoot, InitAgent)
 	}
-	key, err := sourceKey(ctx, src)
+	key, err := sourceKey(ctx, src, pkgs)
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -202,8 +202,8 @@ type listedPackage struct {
 // sourceKey hashes everything the base image is built from: the Go version,
 // the versions of dependency modules and the content of local sources. It
 // costs one `go list`, much less than building.
-func sourceKey(ctx context.Context, dir string) (string, error) {
-	cmd := exec.CommandContext(ctx, "go", "list", "-deps", "-json", InitPackage, AgentPackage)
+func sourceKey(ctx context.Context, dir string, pkgs []string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-deps", "-json"}, pkgs...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch())
 	var stderr bytes.Buffer

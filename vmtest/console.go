@@ -32,7 +32,7 @@ func kernelTime(line string) (float64, bool) {
 	if m == "" {
 		return 0, false
 	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(strings.Trim(strings.TrimSpace(m), "[]")), 64)
+	v, err := strconv.ParseFloat(strings.Trim(m, "[] \t"), 64)
 	return v, err == nil
 }
 

@@ -120,8 +120,12 @@ func benchCmd(ctx context.Context, args []string) error {
 		var floorInits, floorUsers, runInits, runUsers []float64
 		var rss int64
 		var accel string
+		// failedDir is where the logs of a failed boot are kept.
+		failedDir := func(kind string, i int) string {
+			return filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
+		}
 		// runKind boots the trivial test with base; a failed boot's logs are
-		// kept under the results directory.
+		// kept.
 		runKind := func(kind, base string, i int) (*vmtest.Result, error) {
 			o := opts
 			o.BaseImage = base
@@ -131,7 +135,7 @@ func benchCmd(ctx context.Context, args []string) error {
 				err = res.Err()
 			}
 			if err != nil {
-				kept := filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
+				kept := failedDir(kind, i)
 				if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.Rename(o.OutDir, kept) == nil {
 					err = fmt.Errorf("%w (logs in %s)", err, kept)
 				}
@@ -147,7 +151,7 @@ func benchCmd(ctx context.Context, args []string) error {
 				fl, err := vmtest.Floor(ctx, opts, floorImg)
 				if err != nil {
 					if fl != nil {
-						kept := filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-floor-%d", name, i))
+						kept := failedDir("floor", i)
 						if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
 							err = fmt.Errorf("%w (console in %s)", err, kept)
 						}

@@ -109,7 +109,10 @@ func appendKmsgLine(b, rec []byte) []byte {
 	// Continuation lines (" KEY=value") follow the text; keep the text only.
 	text, _, _ = strings.Cut(text, "\n")
 	f := strings.SplitN(head, ",", 4)
-	usec, err := strconv.ParseInt(safeIndex(f, 2), 10, 64)
+	if len(f) < 3 {
+		return append(append(b, text...), '\n')
+	}
+	usec, err := strconv.ParseInt(f[2], 10, 64)
 	if err != nil {
 		return append(append(b, text...), '\n')
 	}
@@ -128,11 +131,4 @@ func appendKmsgLine(b, rec []byte) []byte {
 	b = append(b, "] "...)
 	b = append(b, text...)
 	return append(b, '\n')
-}
-
-func safeIndex(f []string, i int) string {
-	if i < len(f) {
-		return f[i]
-	}
-	return ""
 }

@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strconv"
@@ -171,7 +172,7 @@ func (x *Exit) UnmarshalBinary(b []byte) error {
 }
 
 type encoder struct {
-	b   strings.Builder
+	b   bytes.Buffer
 	err error
 }
 
@@ -185,7 +186,7 @@ func (e *encoder) put(s ...string) {
 	}
 }
 
-func (e *encoder) bytes() ([]byte, error) { return []byte(e.b.String()), e.err }
+func (e *encoder) bytes() ([]byte, error) { return e.b.Bytes(), e.err }
 
 type decoder struct {
 	s     []string
