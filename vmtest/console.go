@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"strconv"
 	"strings"
@@ -44,18 +45,38 @@ type console struct {
 	keep  int
 	panic string // first "Kernel panic" line seen
 	times KernelTimes
+	// lines, when set, is given every line (a splat scanner).
+	lines func(string)
+	// kernel is set once the kernel printed a line of its own.
+	kernel bool
 }
+
+// maxConsoleLine is how much of a console line is kept for analysis; the log
+// gets every byte.
+const maxConsoleLine = 4096
 
 func newConsole(keep int) *console { return &console{keep: keep} }
 
-// copy reads r to EOF, writing everything to w.
+// copy reads r to EOF, writing everything to w. Lines are analysed up to
+// maxConsoleLine bytes: a guest printing without newlines cannot make the
+// host buffer without limit.
 func (c *console) copy(r io.Reader, w io.Writer) {
-	br := bufio.NewReader(r)
+	br := bufio.NewReaderSize(r, maxConsoleLine)
+	var line []byte
 	for {
-		line, err := br.ReadString('\n')
-		if line != "" {
-			_, _ = io.WriteString(w, line)
-			c.add(line)
+		chunk, err := br.ReadSlice('\n')
+		if len(chunk) > 0 {
+			_, _ = w.Write(chunk)
+			if room := maxConsoleLine - len(line); room > 0 {
+				line = append(line, chunk[:min(room, len(chunk))]...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if len(line) > 0 {
+			c.add(string(line))
+			line = line[:0]
 		}
 		if err != nil {
 			return
@@ -72,8 +93,14 @@ func (c *console) add(line string) {
 		}
 		return r
 	}, line)
+	if c.lines != nil {
+		c.lines(line)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.kernel && (strings.Contains(line, "Linux version ") || timestamp.MatchString(line)) {
+		c.kernel = true
+	}
 	if c.panic == "" && strings.Contains(line, "Kernel panic - not syncing") {
 		c.panic = timestamp.ReplaceAllString(line, "")
 	}
@@ -105,4 +132,11 @@ func (c *console) panicLine() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.panic
+}
+
+// kernelPrinted reports whether the kernel printed anything on the console.
+func (c *console) kernelPrinted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.kernel
 }

@@ -36,7 +36,7 @@ func TestBootEveryKernel(t *testing.T) {
 			})
 			require.NoError(t, err)
 			t.Logf("%s: %s (%s) boot %v, total %v, modules %d, compressed %v", name, res.Release, packageNames(k), res.Boot, res.Duration, len(vm), strings.HasSuffix(vm[len(vm)-1].Host, ".xz"))
-			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
+			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", output(t, res, 0), res.Log)
 			assert.Equal(t, k.Release, res.Release)
 			// The release names the package it came from.
 			require.NotEmpty(t, k.Packages)

@@ -76,6 +76,6 @@ func TestBootOCIKernel(t *testing.T) {
 		Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestModuleLoaded$"}}},
 	})
 	require.NoError(t, err)
-	require.NoError(t, res.Err(), "output:\n%s", res.Commands[0].Output)
+	require.NoError(t, res.Err(), "output:\n%s", output(t, res, 0))
 	assert.Equal(t, src.Release, res.Release)
 }

@@ -70,6 +70,8 @@ type Options struct {
 	CPUs     int
 	// Timeout bounds the whole run, boot included; 0 means 10 minutes.
 	Timeout time.Duration
+	// Limits cap what the guest may send back.
+	Limits Limits
 	// Append is added to the kernel command line.
 	Append string
 	// KeepDWARF puts command binaries in the image as they are. By default
@@ -124,8 +126,13 @@ type CommandResult struct {
 	ID string
 	// Exit is nil when the guest never reported the command finished.
 	Exit *proto.Exit
-	// Output is the command's stdout and stderr; it is also in OutDir/<ID>.out.
-	Output []byte `json:"-"`
+	// OutputBytes is the size of the command's stdout and stderr, which are
+	// in OutDir/<ID>.out (see Result.ReadOutput).
+	OutputBytes int64
+	// FailLine is the first line of the output in which Go's testing
+	// package reports a failure ("--- FAIL: TestX", "FAIL"): a binary that
+	// printed one has failed, whatever exit status arrives.
+	FailLine string `json:",omitempty"`
 }
 
 // Result is the outcome of one boot.
@@ -146,20 +153,26 @@ type Result struct {
 	// QEMUMaxRSS is the peak resident memory of the QEMU process, in bytes.
 	QEMUMaxRSS int64
 	Commands   []CommandResult
-	// Log holds the agent's own messages (a module that failed to load...).
-	Log    []string
+	// Log holds the agent's own messages, for information.
+	Log []string
+	// Faults are problems that fail the run although the guest finished:
+	// a module that did not load, a cap on what the guest may send reached.
+	Faults []string `json:",omitempty"`
 	Splats []Splat
 	// Failure is set when the guest did not finish normally.
 	Failure *Failure
-	// ProtocolErrors lists damage seen on the result port.
-	ProtocolErrors []string
+	// ProtocolErrors lists damage seen on the result port and frames that
+	// did not fit the job: any fails the run, since results that came
+	// with them cannot be trusted.
+	ProtocolErrors []string `json:",omitempty"`
 	// Files are the artifacts received, relative to OutDir/artifacts.
 	Files  []string
 	OutDir string
 }
 
-// Err returns nil only when the guest finished normally, no splat was seen
-// and every command exited 0. Otherwise it says what went wrong.
+// Err returns nil only when the guest finished normally, no splat, fault or
+// protocol error was seen and every command exited 0 without reporting a
+// failed test. Otherwise it says what went wrong.
 func (r *Result) Err() error {
 	var msgs []string
 	if r.Failure != nil {
@@ -167,6 +180,14 @@ func (r *Result) Err() error {
 	}
 	for _, s := range r.Splats {
 		msgs = append(msgs, fmt.Sprintf("kernel %s: %s", s.Kind, s.Line))
+	}
+	msgs = append(msgs, r.Faults...)
+	if len(r.ProtocolErrors) > 0 {
+		msg := "result port: " + r.ProtocolErrors[0]
+		if n := len(r.ProtocolErrors) - 1; n > 0 {
+			msg += fmt.Sprintf(" (and %d more, in result.json)", n)
+		}
+		msgs = append(msgs, msg)
 	}
 	for _, c := range r.Commands {
 		switch {
@@ -178,12 +199,22 @@ func (r *Result) Err() error {
 			msgs = append(msgs, fmt.Sprintf("%s: %s", c.ID, c.Exit.Error))
 		case c.Exit.Code != 0:
 			msgs = append(msgs, fmt.Sprintf("%s: exit status %d", c.ID, c.Exit.Code))
+		case c.FailLine != "":
+			msgs = append(msgs, fmt.Sprintf("%s: exit status 0, but its output reports a failure: %q", c.ID, c.FailLine))
 		}
 	}
 	if len(msgs) == 0 {
 		return nil
 	}
 	return errors.New(strings.Join(msgs, "; "))
+}
+
+// ReadOutput returns what command id printed, from OutDir.
+func (r *Result) ReadOutput(id string) ([]byte, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("vmtest: bad command ID %q", id)
+	}
+	return os.ReadFile(filepath.Join(r.OutDir, id+outputFileSuffix))
 }
 
 const guestBinDir = "/vmtest/bin"
@@ -199,8 +230,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Kernel == "" {
 		return nil, errors.New("vmtest: no kernel")
 	}
-	if _, err := os.Stat(opts.Kernel); err != nil {
-		return nil, fmt.Errorf("vmtest: kernel: %w", err)
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	if err := CheckKernelImage(opts.Kernel); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("vmtest: %w", err)
@@ -217,8 +251,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		opts.Timeout = 10 * time.Minute
 	}
 
+	key, err := proto.NewKey()
+	if err != nil {
+		return nil, err
+	}
 	initrd := filepath.Join(opts.OutDir, "initramfs.cpio")
-	if err := writeImage(initrd, opts); err != nil {
+	if err := writeImage(initrd, opts, key); err != nil {
 		return nil, err
 	}
 	defer os.Remove(initrd)
@@ -233,7 +271,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for _, c := range opts.Commands {
 		res.Commands = append(res.Commands, CommandResult{ID: c.ID})
 	}
-	err = boot(ctx, qemu, initrd, accel, opts, res)
+	err = boot(ctx, qemu, initrd, accel, opts, key, res)
 	if werr := writeResult(res); werr != nil && err == nil {
 		err = werr
 	}
@@ -254,8 +292,29 @@ func findQEMU(q string) (string, error) {
 	return p, nil
 }
 
-func writeImage(dst string, opts Options) error {
-	job := proto.Job{Env: opts.Env}
+// check refuses options no guest can run with.
+func (o *Options) check() error {
+	var errs []error
+	if o.MemoryMB < 0 || o.MemoryMB > 0 && o.MemoryMB < 128 {
+		errs = append(errs, fmt.Errorf("memory of %d MiB: give at least 128", o.MemoryMB))
+	}
+	if o.CPUs < 0 || o.CPUs > 255 {
+		errs = append(errs, fmt.Errorf("%d CPUs: give 1 to 255", o.CPUs))
+	}
+	if o.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("timeout %s: give a positive duration", o.Timeout))
+	}
+	if o.Limits.OutputBytes < 0 || o.Limits.ArtifactBytes < 0 || o.Limits.ArtifactFiles < 0 {
+		errs = append(errs, errors.New("negative limit"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("vmtest: %w", err)
+	}
+	return nil
+}
+
+func writeImage(dst string, opts Options, key []byte) error {
+	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto()}
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
@@ -349,7 +408,7 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []st
 	return args
 }
 
-func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Options, res *Result) error {
+func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Options, key []byte, res *Result) error {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
@@ -389,12 +448,16 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	defer stdout.Close()
 	cmd.Stdout = stdoutW
 	var stderr strings.Builder
-	cmd.Stderr = &limitedWriter{w: &stderr, n: 64 << 10}
+	cmd.Stderr = &cappedWriter{w: &stderr, n: 64 << 10}
 
+	splats := &splatScanner{}
 	con := newConsole(40)
-	var conOut io.Writer = consoleLog
+	con.lines = splats.line
+	limits := opts.Limits.withDefaults()
+	var conOut io.Writer = &cappedWriter{w: consoleLog, n: limits.OutputBytes,
+		note: fmt.Sprintf("\n[vmtest: console log cut at %d bytes (%s)]\n", limits.OutputBytes, FlagMaxOutput)}
 	if opts.Console != nil {
-		conOut = io.MultiWriter(consoleLog, opts.Console)
+		conOut = io.MultiWriter(conOut, opts.Console)
 	}
 	start := time.Now()
 	err = cmd.Start()
@@ -409,7 +472,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 		con.copy(stdout, conOut)
 		close(consoleDone)
 	}()
-	rr := newResultReader(res, opts, start)
+	rr := newResultReader(res, opts, key, splats, start)
 	resultsDone := make(chan struct{})
 	go func() {
 		rr.read(hostConn)
@@ -446,11 +509,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 		}
 	}
 
-	seen := map[string]bool{}
-	if b, err := os.ReadFile(consoleLog.Name()); err == nil {
-		res.Splats = append(res.Splats, scanSplats(string(b), seen)...)
-	}
-	res.Splats = append(res.Splats, scanSplats(rr.dmesg.String(), seen)...)
+	res.Splats = splats.result()
 
 	tail := con.tail()
 	switch {
@@ -460,13 +519,15 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 		res.Failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("guest did not finish within %s (hung?)%s", opts.Timeout, rr.stage()), Console: tail}
 	case timedOut:
 		res.Failure = &Failure{Kind: FailCancelled, Message: "run stopped before the guest finished" + rr.stage(), Console: tail}
+	case !rr.done && waitErr != nil && firstLine(stderr.String()) != "":
+		res.Failure = &Failure{Kind: FailQEMU, Message: fmt.Sprintf("%v: %s", waitErr, firstLine(stderr.String())), Console: tail}
+	case !rr.done && !rr.hello && !con.kernelPrinted():
+		res.Failure = &Failure{Kind: FailNoReport, Console: tail, Message: fmt.Sprintf(
+			"the kernel never printed a line: QEMU exited before it started (a CPU fault while booting resets the "+
+				"machine, and vmtest runs QEMU with -no-reboot): is %s a bzImage for x86-64 that boots with %s?", opts.Kernel, accel)}
 	case !rr.done:
 		msg := "guest stopped without reporting" + rr.stage()
 		if waitErr != nil {
-			if s := firstLine(stderr.String()); s != "" {
-				res.Failure = &Failure{Kind: FailQEMU, Message: fmt.Sprintf("%v: %s", waitErr, s), Console: tail}
-				break
-			}
 			msg += fmt.Sprintf(" (qemu: %v)", waitErr)
 		}
 		res.Failure = &Failure{Kind: FailNoReport, Message: msg, Console: tail}
@@ -510,7 +571,7 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var out strings.Builder
-	cmd.Stdout = &limitedWriter{w: &out, n: 1 << 20}
+	cmd.Stdout = &cappedWriter{w: &out, n: 1 << 20}
 	cmd.Stderr = cmd.Stdout
 	start := time.Now()
 	err = cmd.Run()
@@ -542,22 +603,34 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, " | ")
 }
 
-type limitedWriter struct {
-	w io.Writer
-	n int
+// cappedWriter writes the first n bytes to w, then note once, then nothing.
+type cappedWriter struct {
+	w    io.Writer
+	n    int64
+	note string
+	cut  bool
 }
 
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if l.n <= 0 {
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	if c.n <= 0 {
+		if !c.cut {
+			c.cut = true
+			_, _ = io.WriteString(c.w, c.note)
+		}
 		return len(p), nil
 	}
 	q := p
-	if len(q) > l.n {
-		q = q[:l.n]
+	if int64(len(q)) > c.n {
+		q = q[:c.n]
 	}
-	l.n -= len(q)
-	_, err := l.w.Write(q)
-	return len(p), err
+	c.n -= int64(len(q))
+	if _, err := c.w.Write(q); err != nil {
+		return 0, err
+	}
+	if len(q) < len(p) {
+		return c.Write(p[len(q):])
+	}
+	return len(p), nil
 }
 
 func writeResult(res *Result) error {

@@ -1,8 +1,10 @@
 package vmtest
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // Splat is a kernel report that means something went wrong in the guest
@@ -43,17 +45,46 @@ func findSplat(line string) (Splat, bool) {
 	return Splat{}, false
 }
 
-// scanSplats returns the splats in a kernel log, each reported once even if
-// the same line shows up again (in the console and in dmesg).
-func scanSplats(log string, seen map[string]bool) []Splat {
-	var out []Splat
-	for _, l := range strings.Split(log, "\n") {
-		s, ok := findSplat(l)
-		if !ok || seen[s.Line] {
-			continue
-		}
-		seen[s.Line] = true
-		out = append(out, s)
+// maxSplats bounds the splats kept for one boot: a kernel that warns in a
+// loop must not fill the host's memory.
+const maxSplats = 100
+
+// splatScanner collects the splats of a boot from the lines of its console
+// and kernel log, each reported once even when it shows in both.
+type splatScanner struct {
+	mu     sync.Mutex
+	seen   map[string]bool
+	splats []Splat
+	more   int // splats past maxSplats
+}
+
+func (s *splatScanner) line(l string) {
+	sp, ok := findSplat(l)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen[sp.Line] {
+		return
+	}
+	if len(s.splats) >= maxSplats {
+		s.more++
+		return
+	}
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
+	s.seen[sp.Line] = true
+	s.splats = append(s.splats, sp)
+}
+
+func (s *splatScanner) result() []Splat {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]Splat(nil), s.splats...)
+	if s.more > 0 {
+		out = append(out, Splat{Kind: "more", Line: fmt.Sprintf("%d more kernel reports, see the logs", s.more)})
 	}
 	return out
 }

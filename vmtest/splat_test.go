@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -44,10 +45,22 @@ func TestFindSplat(t *testing.T) {
 	}
 }
 
-func TestScanSplatsReportsEachOnce(t *testing.T) {
-	seen := map[string]bool{}
-	log := "[ 1.0] WARNING: CPU: 0 PID: 1 at a.c:1 f\n[ 1.1] other\n"
-	assert.Len(t, scanSplats(log, seen), 1)
+func TestSplatScannerReportsEachOnce(t *testing.T) {
+	var s splatScanner
+	s.line("[ 1.0] WARNING: CPU: 0 PID: 1 at a.c:1 f")
+	s.line("[ 1.1] other")
 	// The same line in dmesg after the console is not a second splat.
-	assert.Empty(t, scanSplats("[    1.000000] WARNING: CPU: 0 PID: 1 at a.c:1 f\n", seen))
+	s.line("[    1.000000] WARNING: CPU: 0 PID: 1 at a.c:1 f")
+	assert.Len(t, s.result(), 1)
+}
+
+func TestSplatScannerIsBounded(t *testing.T) {
+	var s splatScanner
+	for i := range 10 * maxSplats {
+		s.line(fmt.Sprintf("[ 1.0] WARNING: CPU: 0 PID: %d at a.c:1 f", i))
+	}
+	got := s.result()
+	assert.Len(t, got, maxSplats+1)
+	assert.Equal(t, "more", got[maxSplats].Kind)
+	assert.Contains(t, got[maxSplats].Line, fmt.Sprint(9*maxSplats))
 }

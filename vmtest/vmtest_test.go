@@ -122,7 +122,7 @@ func TestRunReportsEachTest(t *testing.T) {
 	assert.Equal(t, 1, res.Commands[0].Exit.Code, "a failing test must make the binary exit 1")
 	assert.Error(t, res.Err())
 
-	sum := events(t, res.Commands[0].Output)
+	sum := events(t, output(t, res, 0))
 	require.Len(t, sum.Packages, 1)
 	got := map[string]string{}
 	for _, tt := range sum.Packages[0].Tests {
@@ -150,7 +150,7 @@ func TestRunPassingBinaryPasses(t *testing.T) {
 	assert.NoError(t, res.Err())
 	require.NotNil(t, res.Commands[0].Exit)
 	assert.Equal(t, 0, res.Commands[0].Exit.Code)
-	assert.Contains(t, string(res.Commands[0].Output), "PASS")
+	assert.Contains(t, string(output(t, res, 0)), "PASS")
 }
 
 func TestKernelPanicIsAFailure(t *testing.T) {
@@ -225,8 +225,8 @@ func TestAgentReapsOrphans(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Len(t, res.Commands, 2)
-	assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestMakeOrphans")
-	assert.Contains(t, string(res.Commands[1].Output), "--- PASS: TestNoZombies", "%s", res.Commands[1].Output)
+	assert.Contains(t, string(output(t, res, 0)), "--- PASS: TestMakeOrphans")
+	assert.Contains(t, string(output(t, res, 1)), "--- PASS: TestNoZombies", "%s", output(t, res, 1))
 	assert.NoError(t, res.Err())
 }
 
@@ -251,8 +251,8 @@ func TestGuestSetup(t *testing.T) {
 				Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^(TestPass|TestGuestSetup)$"}}},
 			})
 			require.NoError(t, err)
-			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", res.Commands[0].Output, res.Log)
-			assert.Contains(t, string(res.Commands[0].Output), "--- PASS: TestGuestSetup")
+			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", output(t, res, 0), res.Log)
+			assert.Contains(t, string(output(t, res, 0)), "--- PASS: TestGuestSetup")
 			assert.Empty(t, res.Log, "the agent reported problems setting up the guest")
 			b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
 			require.NoError(t, err)
@@ -266,4 +266,12 @@ func TestGuestSetup(t *testing.T) {
 			assert.Greater(t, res.Kernel.UserSpace(), 0.0)
 		})
 	}
+}
+
+// output returns what the i-th command of res printed.
+func output(t *testing.T, res *vmtest.Result, i int) []byte {
+	t.Helper()
+	b, err := res.ReadOutput(res.Commands[i].ID)
+	require.NoError(t, err)
+	return b
 }

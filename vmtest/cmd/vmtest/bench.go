@@ -47,6 +47,9 @@ func benchCmd(ctx context.Context, args []string) error {
 		}
 		return errUsage
 	}
+	if err := f.check(); err != nil {
+		return err
+	}
 	names, err := kernelNames(f.kernel)
 	if err != nil {
 		return err

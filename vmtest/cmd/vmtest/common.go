@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +37,8 @@ type vmFlags struct {
 	init    string
 	kaslr   bool
 	dwarf   bool
+	limits  struct{ output, artifacts sizeFlag }
+	files   int
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -51,6 +56,86 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
+	f.limits.output, f.limits.artifacts = 256<<20, 256<<20
+	fs.Var(&f.limits.output, vmtest.FlagMaxOutput[1:], "most bytes one boot may send of test output plus kernel log (and of console log); more fails the run (K, M, G suffixes)")
+	fs.Var(&f.limits.artifacts, vmtest.FlagMaxArtifacts[1:], "most bytes of artifacts one boot may send; more fails the run")
+	fs.IntVar(&f.files, vmtest.FlagMaxArtifactFiles[1:], 10000, "most artifact files one boot may send; more fails the run")
+}
+
+// check refuses flag values no guest can run with.
+func (f *vmFlags) check() error {
+	var errs []error
+	if f.cpus < 1 || f.cpus > 255 {
+		errs = append(errs, fmt.Errorf("-cpus %d: give 1 to 255", f.cpus))
+	}
+	if f.memory < 128 {
+		errs = append(errs, fmt.Errorf("-memory %d: give at least 128 (MiB)", f.memory))
+	}
+	if f.timeout <= 0 {
+		errs = append(errs, fmt.Errorf("-timeout %s: give a positive duration, e.g. 10m", f.timeout))
+	}
+	if f.vms < 0 {
+		errs = append(errs, fmt.Errorf("-vms %d: give 0 (by CPUs and memory) or more", f.vms))
+	}
+	if f.limits.output <= 0 || f.limits.artifacts <= 0 || f.files <= 0 {
+		errs = append(errs, errors.New("-max-output, -max-artifacts and -max-artifact-files must be positive"))
+	}
+	switch f.accel {
+	case "auto", "kvm", "tcg", "":
+	default:
+		errs = append(errs, fmt.Errorf("-accel %q: give auto, kvm or tcg", f.accel))
+	}
+	switch f.init {
+	case images.InitAgent, images.InitURoot:
+	default:
+		errs = append(errs, fmt.Errorf("-init %q: give %s or %s", f.init, images.InitAgent, images.InitURoot))
+	}
+	return errors.Join(errs...)
+}
+
+// vmLimits is what the limit flags ask for.
+func (f *vmFlags) vmLimits() vmtest.Limits {
+	return vmtest.Limits{OutputBytes: int64(f.limits.output), ArtifactBytes: int64(f.limits.artifacts), ArtifactFiles: f.files}
+}
+
+// sizeFlag is a byte count given as a number with an optional K, M or G
+// suffix (powers of 1024).
+type sizeFlag int64
+
+func (s *sizeFlag) String() string {
+	v := int64(*s)
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"G", 30}, {"M", 20}, {"K", 10}} {
+		if v != 0 && v%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", v>>u.shift, u.suffix)
+		}
+	}
+	return fmt.Sprint(v)
+}
+
+func (s *sizeFlag) Set(v string) error {
+	shift := 0
+	num := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(v)), "B")
+	num = strings.TrimSuffix(num, "I")
+	switch {
+	case strings.HasSuffix(num, "K"):
+		shift = 10
+	case strings.HasSuffix(num, "M"):
+		shift = 20
+	case strings.HasSuffix(num, "G"):
+		shift = 30
+	}
+	if shift > 0 {
+		num = num[:len(num)-1]
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return fmt.Errorf("size %q: give bytes, or a number with K, M or G", v)
+	}
+	*s = sizeFlag(n << shift)
+	return nil
 }
 
 // args renders the flags for a child `vmtest exec`.
@@ -77,6 +162,8 @@ func (f *vmFlags) args() []string {
 	if f.dwarf {
 		a = append(a, "-keep-dwarf")
 	}
+	a = append(a, vmtest.FlagMaxOutput, f.limits.output.String(), vmtest.FlagMaxArtifacts, f.limits.artifacts.String(),
+		vmtest.FlagMaxArtifactFiles, fmt.Sprint(f.files))
 	return a
 }
 

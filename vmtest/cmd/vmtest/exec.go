@@ -39,6 +39,9 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		}
 		return 2, errUsage
 	}
+	if err := f.check(); err != nil {
+		return 2, err
+	}
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return 2, errUsage
@@ -84,6 +87,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		Append:    f.append,
 		KASLR:     f.kaslr,
 		KeepDWARF: f.dwarf,
+		Limits:    f.vmLimits(),
 		Output:    os.Stdout,
 	}
 	if f.console {
@@ -155,16 +159,36 @@ func execOutDir(results, id string) (dir string, keep bool, err error) {
 func reportExec(w io.Writer, res *vmtest.Result, kernel string) int {
 	code := 0
 	if len(res.Commands) > 0 && res.Commands[0].Exit != nil {
-		code = res.Commands[0].Exit.Code
-		if res.Commands[0].Exit.Error != "" {
-			fmt.Fprintf(w, "vmtest: %s\n", res.Commands[0].Exit.Error)
+		c := res.Commands[0]
+		code = c.Exit.Code
+		if c.Exit.Error != "" {
+			fmt.Fprintf(w, "vmtest: %s\n", c.Exit.Error)
 		}
 		if code < 0 {
+			code = 1
+		}
+		if code == 0 && c.FailLine != "" {
+			fmt.Fprintf(w, "vmtest: the test binary exited 0 but printed %q: counted as a failure\n", c.FailLine)
 			code = 1
 		}
 	}
 	for _, l := range res.Log {
 		fmt.Fprintf(w, "vmtest: guest: %s\n", l)
+	}
+	for _, f := range res.Faults {
+		fmt.Fprintf(w, "vmtest: guest %s: %s\n", kernel, f)
+		code = max(code, 1)
+	}
+	for i, p := range res.ProtocolErrors {
+		if i == 10 {
+			fmt.Fprintf(w, "vmtest: result port: %d more errors in %s\n", len(res.ProtocolErrors)-i, filepath.Join(res.OutDir, "result.json"))
+			break
+		}
+		fmt.Fprintf(w, "vmtest: result port: %s\n", p)
+	}
+	if len(res.ProtocolErrors) > 0 {
+		fmt.Fprintf(w, "vmtest: the guest's results cannot be trusted: counted as a failure\n")
+		code = max(code, 1)
 	}
 	for _, s := range res.Splats {
 		fmt.Fprintf(w, "vmtest: kernel %s in guest %s: %s\n", s.Kind, kernel, s.Line)

@@ -58,6 +58,9 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 		}
 		return 2, errUsage
 	}
+	if err := f.check(); err != nil {
+		return 2, err
+	}
 	rest := fs.Args()
 	if len(rest) == 0 {
 		rest = []string{"go", "test", "./..."}

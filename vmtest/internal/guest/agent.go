@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,6 +62,9 @@ func run(rootfs <-chan []error) error {
 	if err != nil {
 		return err
 	}
+	if len(job.Key) == 0 {
+		return errors.New("the job has no result port key")
+	}
 	port := job.ResultPort
 	if port == "" {
 		port = "/dev/ttyS1"
@@ -70,10 +74,9 @@ func run(rootfs <-chan []error) error {
 		return err
 	}
 	defer f.Close()
-	w := proto.NewWriter(f)
-	a := &agent{w: w}
+	a := &agent{w: proto.NewWriter(f, job.Key), limits: job.Limits}
 	a.hello()
-	kmsg, err := startKmsg(w)
+	kmsg, err := startKmsg(a.sendDmesg)
 	if err != nil {
 		a.logf("%v", err)
 	}
@@ -90,13 +93,18 @@ func run(rootfs <-chan []error) error {
 	if kmsg != nil {
 		kmsg.stop()
 	}
-	return w.WriteFrame(proto.TypeDone, "", nil)
+	return a.w.WriteFrame(proto.TypeDone, "", nil)
 }
 
+// readJob reads the job and removes it: it holds the key that authenticates
+// the agent's frames, which the commands must not see.
 func readJob(path string) (*proto.Job, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read job: %w", err)
+	}
+	if err := os.Remove(path); err != nil {
+		return nil, fmt.Errorf("remove job: %w", err)
 	}
 	var j proto.Job
 	if err := j.UnmarshalBinary(b); err != nil {
@@ -126,18 +134,70 @@ func openPort(path string) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("set result port raw: %w", err)
 	}
+	// Keep the port to the agent: no other open (root can still make a
+	// node and force it, which is why frames are authenticated too), and no
+	// device node for a test that looks for serial ports to find.
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.TIOCEXCL, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("result port %s: exclusive mode: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hide result port: %w", err)
+	}
 	return f, nil
 }
 
 type agent struct {
-	w *proto.Writer
+	w      *proto.Writer
+	limits proto.Limits
+
+	output     atomic.Int64 // bytes of command output and kernel log sent
+	outputOver atomic.Bool  // the output cap was reached and reported
+	artBytes   int64
+	artFiles   int
 }
 
-// logf reports a problem both on the console and to the host.
+// logf reports something worth knowing both on the console and to the host.
 func (a *agent) logf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	log.Print(msg)
-	_ = a.w.WriteFrame(proto.TypeLog, "", []byte(msg))
+	_ = a.w.WriteFrame(proto.TypeLog, "", []byte(truncate(msg, 4096)))
+}
+
+// faultf reports a problem that fails the run, on the console and to the host.
+func (a *agent) faultf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	log.Print(msg)
+	_ = a.w.WriteFrame(proto.TypeFault, "", []byte(truncate(msg, 4096)))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// spendOutput takes n bytes from the output cap. Past the cap it reports the
+// fault once and refuses: the host would refuse the bytes anyway.
+func (a *agent) spendOutput(n int) bool {
+	if a.limits.Output <= 0 {
+		return true
+	}
+	if a.output.Add(int64(n)) <= a.limits.Output {
+		return true
+	}
+	if !a.outputOver.Swap(true) {
+		a.faultf("output and kernel log over the cap of %d bytes per boot (-max-output): the rest is dropped", a.limits.Output)
+	}
+	return false
+}
+
+func (a *agent) sendDmesg(b []byte) {
+	if a.spendOutput(len(b)) {
+		_ = a.w.WriteFrame(proto.TypeDmesg, "", b)
+	}
 }
 
 func (a *agent) hello() {
@@ -195,10 +255,13 @@ func mounted(dir string) bool {
 	return false
 }
 
+// loadModules loads the job's modules. One that does not load fails the run:
+// the tests that need it would otherwise skip, or fail for a reason far from
+// the cause.
 func (a *agent) loadModules(paths []string) {
 	for _, p := range paths {
 		if err := loadModule(p); err != nil {
-			a.logf("load module %s: %v", filepath.Base(p), err)
+			a.faultf("load module %s: %v", filepath.Base(p), err)
 		}
 	}
 }
@@ -221,7 +284,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	_ = a.w.WriteFrame(proto.TypeStart, c.ID, nil)
 	cmd.Env = append(os.Environ(), "VMTEST_GUEST=1", "VMTEST_ARTIFACTS="+artifacts, "HOME=/tmp", "TMPDIR=/tmp")
 	cmd.Env = append(cmd.Env, env...)
-	out := &frameWriter{w: a.w, name: c.ID}
+	out := &frameWriter{w: a.w, name: c.ID, spend: a.spendOutput}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	// A process group of its own, so children a test leaves behind can be
@@ -267,38 +330,92 @@ func reapOrphans() {
 	}
 }
 
+// artifactPiece is the most of an artifact one frame carries.
+const artifactPiece = 256 << 10
+
+// sendArtifacts streams the regular files under dir to the host, in pieces,
+// within the job's caps: a file that does not fit is reported as a fault and
+// not sent, so a test that leaves a huge (or sparse) file costs neither the
+// agent's memory nor the port's time.
 func (a *agent) sendArtifacts(id, dir string) {
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
+		if err != nil {
 			return err
+		}
+		if d.IsDir() {
+			return nil
 		}
 		rel, err := filepath.Rel(proto.ArtifactsRoot, p)
 		if err != nil {
 			return err
 		}
-		b, err := os.ReadFile(p)
+		if !d.Type().IsRegular() {
+			a.logf("artifact %s: not a regular file (%s), not sent", rel, d.Type())
+			return nil
+		}
+		if a.limits.ArtifactFiles > 0 && a.artFiles >= a.limits.ArtifactFiles {
+			a.faultf("artifacts over the cap of %d files per boot (-max-artifact-files): %s and the rest not sent", a.limits.ArtifactFiles, rel)
+			return filepath.SkipAll
+		}
+		return a.sendArtifact(p, rel)
+	})
+	if err != nil {
+		a.faultf("send artifacts of %s: %v", id, err)
+	}
+}
+
+func (a *agent) sendArtifact(path, rel string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	if a.limits.ArtifactBytes > 0 && a.artBytes+size > a.limits.ArtifactBytes {
+		a.faultf("artifact %s: %d bytes would go over the cap of %d bytes of artifacts per boot (-max-artifacts), not sent", rel, size, a.limits.ArtifactBytes)
+		return nil
+	}
+	a.artFiles++
+	a.artBytes += size
+	name := proto.EscapeName(rel)
+	typ := proto.TypeFile
+	buf := make([]byte, min(size, artifactPiece))
+	// What the file held when it was measured: one that grows meanwhile
+	// cannot go past its share of the cap.
+	r := io.LimitReader(f, size)
+	for first := true; ; first = false {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 || first {
+			if werr := a.w.WriteFrame(typ, name, buf[:n]); werr != nil {
+				return werr
+			}
+			typ = proto.TypeFileMore
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if len(b) > proto.MaxPayload {
-			a.logf("artifact %s: %d bytes is too large, truncated", rel, len(b))
-			b = b[:proto.MaxPayload]
-		}
-		return a.w.WriteFrame(proto.TypeFile, proto.EscapeName(rel), b)
-	})
-	if err != nil {
-		a.logf("send artifacts of %s: %v", id, err)
 	}
 }
 
 // frameWriter sends a command's output as TypeOutput frames.
 type frameWriter struct {
-	w    *proto.Writer
-	name string
+	w     *proto.Writer
+	name  string
+	spend func(int) bool // takes from the output cap; nil for none
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {
 	total := len(p)
+	if f.spend != nil && !f.spend(len(p)) {
+		return total, nil // over the cap: dropped, and reported once
+	}
 	for len(p) > 0 {
 		n := len(p)
 		if n > 32<<10 {

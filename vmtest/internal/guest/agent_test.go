@@ -31,13 +31,14 @@ func TestKmsgLine(t *testing.T) {
 
 func TestFrameWriterSplitsLargeOutput(t *testing.T) {
 	var b bytes.Buffer
-	fw := &frameWriter{w: proto.NewWriter(&b), name: "t"}
+	key := bytes.Repeat([]byte{1}, proto.KeySize)
+	fw := &frameWriter{w: proto.NewWriter(&b, key), name: "t"}
 	data := bytes.Repeat([]byte("0123456789abcdef"), 5000) // 80000 bytes: three frames
 	n, err := fw.Write(data)
 	require.NoError(t, err)
 	assert.Equal(t, len(data), n)
 
-	r := proto.NewReader(&b)
+	r := proto.NewReader(&b, key)
 	var got []byte
 	frames := 0
 	for {
@@ -53,4 +54,34 @@ func TestFrameWriterSplitsLargeOutput(t *testing.T) {
 	}
 	assert.Equal(t, 3, frames)
 	assert.Equal(t, data, got)
+}
+
+func TestFrameWriterKeepsToTheCap(t *testing.T) {
+	var b bytes.Buffer
+	key := bytes.Repeat([]byte{1}, proto.KeySize)
+	a := &agent{w: proto.NewWriter(&b, key), limits: proto.Limits{Output: 100}}
+	fw := &frameWriter{w: a.w, name: "t", spend: a.spendOutput}
+	for range 3 {
+		n, err := fw.Write(bytes.Repeat([]byte("x"), 60))
+		require.NoError(t, err)
+		assert.Equal(t, 60, n, "a test writing past the cap must not see errors")
+	}
+	r := proto.NewReader(&b, key)
+	var out, faults []string
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		switch f.Type {
+		case proto.TypeOutput:
+			out = append(out, string(f.Payload))
+		case proto.TypeFault:
+			faults = append(faults, string(f.Payload))
+		}
+	}
+	assert.Len(t, out, 1, "only what fits in the cap is sent")
+	require.Len(t, faults, 1, "the cap is reported once")
+	assert.Contains(t, faults[0], "-max-output")
 }

@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
 )
 
 // kmsgStream ships the kernel log to the host while the job runs, as
@@ -20,7 +18,7 @@ import (
 // run on the other vCPU (a dump cost ~50 ms of a trivial run), and the host
 // keeps the log up to the last record when a guest hangs.
 type kmsgStream struct {
-	w            *proto.Writer
+	send         func([]byte)
 	fd           int
 	stopR, stopW int
 	done         chan struct{}
@@ -31,7 +29,7 @@ type kmsgStream struct {
 // ~5 ms on the emulated UART) so they do not hold up the job's own frames.
 const coalesce = 20 // milliseconds
 
-func startKmsg(w *proto.Writer) (*kmsgStream, error) {
+func startKmsg(send func([]byte)) (*kmsgStream, error) {
 	// Raw syscalls and poll(2): an os.File on /dev/kmsg would park in Go's
 	// poller at the end of the log instead of telling us it was drained.
 	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
@@ -43,7 +41,7 @@ func startKmsg(w *proto.Writer) (*kmsgStream, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("kmsg stream: %w", err)
 	}
-	s := &kmsgStream{w: w, fd: fd, stopR: p[0], stopW: p[1], done: make(chan struct{})}
+	s := &kmsgStream{send: send, fd: fd, stopR: p[0], stopW: p[1], done: make(chan struct{})}
 	go s.loop()
 	return s, nil
 }
@@ -92,10 +90,6 @@ func (s *kmsgStream) loop() {
 		}
 		stopping = fds[0].Revents != 0
 	}
-}
-
-func (s *kmsgStream) send(b []byte) {
-	_ = s.w.WriteFrame(proto.TypeDmesg, "", b)
 }
 
 // appendKmsgLine appends one /dev/kmsg record ("prio,seq,usec,flags;text\n")

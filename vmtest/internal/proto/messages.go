@@ -2,6 +2,7 @@ package proto
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -33,6 +34,22 @@ type Job struct {
 	Env []string `json:"env,omitempty"`
 	// ResultPort is the device of the result port, /dev/ttyS1 by default.
 	ResultPort string `json:"result_port,omitempty"`
+	// Key tags the frames of this boot (see Writer). The agent reads it and
+	// removes the job file before any command runs.
+	Key []byte `json:"-"`
+	// Limits are the caps the host enforces; the agent keeps within them
+	// rather than sending what the host would refuse.
+	Limits Limits `json:"limits"`
+}
+
+// Limits cap what one boot may send to the host. Zero means no cap.
+type Limits struct {
+	// Output bounds the bytes of all commands' output and the kernel log.
+	Output int64 `json:"output_bytes,omitempty"`
+	// ArtifactBytes bounds the bytes of all artifacts.
+	ArtifactBytes int64 `json:"artifact_bytes,omitempty"`
+	// ArtifactFiles bounds the number of artifacts.
+	ArtifactFiles int `json:"artifact_files,omitempty"`
 }
 
 // Command is one program the guest agent runs.
@@ -61,7 +78,7 @@ type Exit struct {
 	Duration time.Duration `json:"duration"`
 }
 
-const jobMagic = "vmtest-job-1"
+const jobMagic = "vmtest-job-2"
 
 // MarshalBinary encodes j for JobPath.
 func (j *Job) MarshalBinary() ([]byte, error) {
@@ -70,6 +87,10 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	if j.ResultPort != "" {
 		e.put("port", j.ResultPort)
 	}
+	if len(j.Key) > 0 {
+		e.put("key", hex.EncodeToString(j.Key))
+	}
+	e.put("limits", strconv.FormatInt(j.Limits.Output, 10), strconv.FormatInt(j.Limits.ArtifactBytes, 10), strconv.Itoa(j.Limits.ArtifactFiles))
 	for _, m := range j.Modules {
 		e.put("module", m)
 	}
@@ -97,6 +118,20 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 		switch tag := d.next(); tag {
 		case "port":
 			j.ResultPort = d.next()
+		case "key":
+			k, err := hex.DecodeString(d.next())
+			if err != nil {
+				return fmt.Errorf("job: bad key: %w", err)
+			}
+			j.Key = k
+		case "limits":
+			var errs [3]error
+			j.Limits.Output, errs[0] = strconv.ParseInt(d.next(), 10, 64)
+			j.Limits.ArtifactBytes, errs[1] = strconv.ParseInt(d.next(), 10, 64)
+			j.Limits.ArtifactFiles, errs[2] = strconv.Atoi(d.next())
+			if err := errors.Join(errs[:]...); err != nil {
+				return fmt.Errorf("job: bad limits: %w", err)
+			}
 		case "module":
 			j.Modules = append(j.Modules, d.next())
 		case "env":

@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -20,6 +21,8 @@ func TestJobRoundTrip(t *testing.T) {
 			Modules:    []string{"/lib/modules/6.1/kernel/drivers/net/veth.ko"},
 			Env:        []string{"A=1", "B="},
 			ResultPort: "/dev/hvc0",
+			Key:        bytes.Repeat([]byte{0xa5}, KeySize),
+			Limits:     Limits{Output: 1 << 30, ArtifactBytes: 5, ArtifactFiles: 7},
 		},
 	}
 	for _, j := range tests {
@@ -41,6 +44,8 @@ func TestJobDamaged(t *testing.T) {
 		"json":             []byte(`{"commands":[]}` + "\x00"),
 		"unknown entry":    append(append([]byte(nil), good...), "frobnicate\x00x\x00"...),
 		"bad arg count":    []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x00many\x00"),
+		"bad key":          []byte(jobMagic + "\x00key\x00zz\x00"),
+		"cut limits":       []byte(jobMagic + "\x00limits\x001\x00"),
 		"arg count beyond": []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x009\x00x\x00"),
 	}
 	for name, b := range tests {
