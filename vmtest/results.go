@@ -53,13 +53,13 @@ func (l Limits) proto() proto.Limits {
 // Bounds on the guest's bookkeeping, so that no count from the guest makes
 // the host's memory grow without limit.
 const (
-	maxMessages      = 1000     // agent log and fault messages kept
-	maxMessageLen    = 4096     // bytes kept of each
-	maxProtoErrors   = 100      // protocol errors kept (the rest are counted)
-	maxArtifactDepth = 32       // directories in an artifact's path
-	maxArtifactPath  = 1024     // bytes in an artifact's path
-	maxFailLine      = 256      // bytes kept of a "--- FAIL" line
-	outputFileSuffix = ".out"   // a command's output is OutDir/<ID>.out
+	maxMessages      = 1000   // agent log and fault messages kept
+	maxMessageLen    = 4096   // bytes kept of each
+	maxProtoErrors   = 100    // protocol errors kept (the rest are counted)
+	maxArtifactDepth = 32     // directories in an artifact's path
+	maxArtifactPath  = 1024   // bytes in an artifact's path
+	maxFailLine      = 256    // bytes kept of a "--- FAIL" line
+	outputFileSuffix = ".out" // a command's output is OutDir/<ID>.out
 	artifactsDir     = "artifacts"
 )
 
@@ -95,7 +95,8 @@ type resultReader struct {
 	dmesgTail []byte // an unfinished last line, for the splat scanner
 
 	moreErrors int // protocol errors past maxProtoErrors
-	forged     int // frames that failed authentication
+	forged     int   // frames that failed authentication
+	skipped    int64 // bytes that were not authentic frames
 	capped     map[string]bool
 }
 
@@ -112,6 +113,7 @@ func (r *resultReader) read(conn io.Reader) {
 			var ce *proto.CorruptError
 			if errors.As(err, &ce) {
 				r.forged += ce.Forged
+				r.skipped += int64(ce.Skipped)
 			}
 			if errors.Is(err, io.EOF) {
 				return
@@ -400,10 +402,13 @@ func (r *resultReader) finish() {
 	if r.moreErrors > 0 {
 		r.res.ProtocolErrors = append(r.res.ProtocolErrors, fmt.Sprintf("and %d more protocol errors", r.moreErrors))
 	}
-	if r.forged > 0 {
-		r.res.ProtocolErrors = append([]string{fmt.Sprintf(
-			"%d frames on the result port failed authentication: something in the guest other than the agent wrote to the port", r.forged)},
-			r.res.ProtocolErrors...)
+	if r.skipped > 0 {
+		msg := fmt.Sprintf("%d bytes on the result port were not the agent's frames", r.skipped)
+		if r.forged > 0 {
+			msg += fmt.Sprintf(", among them %d frame headers that failed authentication", r.forged)
+		}
+		msg += ": something in the guest other than the agent wrote to the port, or the port damaged them"
+		r.res.ProtocolErrors = append([]string{msg}, r.res.ProtocolErrors...)
 	}
 }
 

@@ -72,6 +72,9 @@ type Options struct {
 	Timeout time.Duration
 	// Limits cap what the guest may send back.
 	Limits Limits
+	// KernelStartTimeout is how long the kernel may take to print its
+	// first console line before the boot is given up; 0 means 1 minute.
+	KernelStartTimeout time.Duration
 	// Append is added to the kernel command line.
 	Append string
 	// KeepDWARF puts command binaries in the image as they are. By default
@@ -109,6 +112,9 @@ const (
 	FailCancelled = "cancelled"
 	FailNoReport  = "no report"
 	FailQEMU      = "qemu"
+	// FailNoKernel is a kernel that never printed a line: not a kernel,
+	// or one that does not boot on this machine.
+	FailNoKernel = "kernel did not start"
 )
 
 // Failure describes a run whose guest did not finish normally.
@@ -482,14 +488,33 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	waitDone := make(chan error, 1)
 	go func() { waitDone <- cmd.Wait() }()
 
+	// A kernel that prints nothing at all is not booting (a corrupt image
+	// can halt the CPU before the first line): do not wait for the whole
+	// timeout to say so.
+	startWait := opts.KernelStartTimeout
+	if startWait == 0 {
+		startWait = time.Minute
+	}
+	startTimer := time.NewTimer(startWait)
+	defer startTimer.Stop()
 	var waitErr error
-	timedOut := false
-	select {
-	case waitErr = <-waitDone:
-	case <-ctx.Done():
-		timedOut = true
+	timedOut, silent := false, false
+wait:
+	for {
+		select {
+		case waitErr = <-waitDone:
+			break wait
+		case <-startTimer.C:
+			if con.kernelPrinted() {
+				continue
+			}
+			silent = true
+		case <-ctx.Done():
+			timedOut = true
+		}
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		waitErr = <-waitDone
+		break
 	}
 	// QEMU is gone: its end of the result port is closed, so the reader sees
 	// EOF once it has drained what the guest sent.
@@ -515,6 +540,9 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	switch {
 	case con.panicLine() != "":
 		res.Failure = &Failure{Kind: FailPanic, Message: con.panicLine(), Console: tail}
+	case silent:
+		res.Failure = &Failure{Kind: FailNoKernel, Console: tail, Message: fmt.Sprintf(
+			"the kernel printed nothing within %s of QEMU's start: is %s a bzImage for x86-64 that boots with %s?", startWait, opts.Kernel, accel)}
 	case timedOut && ctx.Err() == context.DeadlineExceeded:
 		res.Failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("guest did not finish within %s (hung?)%s", opts.Timeout, rr.stage()), Console: tail}
 	case timedOut:
@@ -522,7 +550,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	case !rr.done && waitErr != nil && firstLine(stderr.String()) != "":
 		res.Failure = &Failure{Kind: FailQEMU, Message: fmt.Sprintf("%v: %s", waitErr, firstLine(stderr.String())), Console: tail}
 	case !rr.done && !rr.hello && !con.kernelPrinted():
-		res.Failure = &Failure{Kind: FailNoReport, Console: tail, Message: fmt.Sprintf(
+		res.Failure = &Failure{Kind: FailNoKernel, Console: tail, Message: fmt.Sprintf(
 			"the kernel never printed a line: QEMU exited before it started (a CPU fault while booting resets the "+
 				"machine, and vmtest runs QEMU with -no-reboot): is %s a bzImage for x86-64 that boots with %s?", opts.Kernel, accel)}
 	case !rr.done:
