@@ -94,7 +94,7 @@ type resultReader struct {
 	dmesg     *os.File
 	dmesgTail []byte // an unfinished last line, for the splat scanner
 
-	moreErrors int // protocol errors past maxProtoErrors
+	moreErrors int   // protocol errors past maxProtoErrors
 	forged     int   // frames that failed authentication
 	skipped    int64 // bytes that were not authentic frames
 	capped     map[string]bool
