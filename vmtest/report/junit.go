@@ -116,6 +116,7 @@ func (s *Suite) problem() string {
 	for _, sp := range s.Splats {
 		p = append(p, "kernel "+sp.Kind+": "+sp.Line)
 	}
+	p = append(p, s.Faults...)
 	if len(p) == 0 && s.Outcome != gotest.Pass && s.Outcome != gotest.Skip && s.Counts.Failed+s.Counts.Unfinished > 0 {
 		failedTests := 0
 		for _, t := range s.Tests {

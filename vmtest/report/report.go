@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -69,6 +70,28 @@ type Suite struct {
 	Dir          string             `json:"dir,omitempty"` // relative to the results directory
 	VerifierLogs []string           `json:"verifier_logs,omitempty"`
 	Metrics      map[string]float64 `json:"metrics,omitempty"`
+	// Faults are why the suite failed other than by a failed test: the
+	// runner's faults and protocol errors, an unreadable artifact, every
+	// test skipped.
+	Faults []string `json:"faults,omitempty"`
+}
+
+// Options say how strict a report is.
+type Options struct {
+	// AllowSkip lets a package whose every test skipped pass. By default it
+	// fails: a run where nothing was checked must not look green.
+	AllowSkip bool
+}
+
+// fail marks the suite failed for why, counting it once if no test failed.
+func (s *Suite) fail(why string) {
+	s.Faults = append(s.Faults, why)
+	if s.Counts.Failed+s.Counts.Unfinished == 0 && s.Outcome != gotest.Fail && s.Outcome != gotest.Unfinished {
+		s.Counts.Failed++
+	}
+	if s.Outcome != gotest.Unfinished {
+		s.Outcome = gotest.Fail
+	}
 }
 
 // Test is one test's outcome.
@@ -119,8 +142,9 @@ func (r *Report) Failed() bool {
 
 // KernelFromDir reads one kernel's results: dir/events.json and the
 // per-package runner results below dir. root is the results directory that
-// paths in the report are relative to.
-func KernelFromDir(root, dir string, k *Kernel) error {
+// paths in the report are relative to. A damaged file of one package fails
+// that package, not the report.
+func KernelFromDir(root, dir string, k *Kernel, opts Options) error {
 	rel, err := filepath.Rel(root, dir)
 	if err != nil {
 		return err
@@ -180,9 +204,10 @@ func KernelFromDir(root, dir string, k *Kernel) error {
 			}
 		}
 		if run, ok := matchRun(runs, p.Name); ok {
-			if err := s.addRun(root, filepath.Join(dir, run)); err != nil {
-				return err
-			}
+			s.addRun(root, filepath.Join(dir, run))
+		}
+		if !opts.AllowSkip && s.Counts.Skipped > 0 && s.Counts.Passed+s.Counts.Failed+s.Counts.Unfinished == 0 {
+			s.fail(fmt.Sprintf("every test of %s skipped (%d): nothing was checked; vmtest run -allow-skip accepts this", s.Name, s.Counts.Skipped))
 		}
 		k.Suites = append(k.Suites, s)
 		k.Counts.add(s.Counts)
@@ -243,21 +268,35 @@ func matchRun(runs []string, pkg string) (string, bool) {
 }
 
 // addRun adds the runner's view of the boot in dir.
-func (s *Suite) addRun(root, dir string) error {
+func (s *Suite) addRun(root, dir string) {
+	s.Dir, _ = filepath.Rel(root, dir)
 	b, err := os.ReadFile(filepath.Join(dir, "result.json"))
 	if err != nil {
-		return err
+		s.fail(fmt.Sprintf("runner result: %v", err))
+		return
 	}
 	var res vmtest.Result
 	if err := json.Unmarshal(b, &res); err != nil {
-		return fmt.Errorf("read %s: %w", filepath.Join(dir, "result.json"), err)
+		s.fail(fmt.Sprintf("runner result %s: %v", filepath.Join(s.Dir, "result.json"), err))
+		return
 	}
 	s.Accel = res.Accel.Name
 	s.BootSeconds = res.Boot.Seconds()
 	s.Failure = res.Failure
 	s.Splats = res.Splats
-	s.Dir, _ = filepath.Rel(root, dir)
+	for _, f := range res.Faults {
+		s.fail(f)
+	}
+	if len(res.ProtocolErrors) > 0 {
+		s.fail("result port: " + res.ProtocolErrors[0])
+	}
 	for _, f := range res.Files {
+		// Names came from the guest through result.json: keep to the
+		// artifacts directory whatever they say.
+		if !filepath.IsLocal(f) {
+			s.fail(fmt.Sprintf("artifact with bad name %q", f))
+			continue
+		}
 		path := filepath.Join(dir, "artifacts", f)
 		rel, _ := filepath.Rel(root, path)
 		parts := strings.Split(filepath.ToSlash(f), "/")
@@ -266,23 +305,33 @@ func (s *Suite) addRun(root, dir string) error {
 			s.VerifierLogs = append(s.VerifierLogs, rel)
 		case len(parts) == 3 && parts[1] == "metrics" && strings.HasSuffix(parts[2], ".json"):
 			if err := s.addMetrics(path, strings.TrimSuffix(parts[2], ".json")); err != nil {
-				return err
+				s.fail(fmt.Sprintf("metrics %s: %v", rel, err))
 			}
 		}
 	}
-	return nil
 }
+
+// maxMetricsFile bounds a metrics file read into the report.
+const maxMetricsFile = 1 << 20
 
 // addMetrics reads a flat JSON object; values that are not numbers are
 // ignored, so tests can keep notes next to their figures.
 func (s *Suite) addMetrics(path, prefix string) error {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxMetricsFile+1))
+	if err != nil {
+		return err
+	}
+	if len(b) > maxMetricsFile {
+		return fmt.Errorf("larger than %d bytes", maxMetricsFile)
+	}
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("metrics %s: %w", path, err)
+		return fmt.Errorf("not a JSON object of numbers: %w", err)
 	}
 	if s.Metrics == nil {
 		s.Metrics = map[string]float64{}

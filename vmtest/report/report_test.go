@@ -72,7 +72,7 @@ func TestReportFromResults(t *testing.T) {
 			kr.Error = "fetch failed"
 		}
 		rep.Kernels = append(rep.Kernels, kr)
-		require.NoError(t, KernelFromDir(root, filepath.Join(root, k), kr))
+		require.NoError(t, KernelFromDir(root, filepath.Join(root, k), kr, Options{}))
 	}
 	k61, k612, k510 := rep.Kernels[0], rep.Kernels[1], rep.Kernels[2]
 
@@ -124,4 +124,54 @@ func TestReportFromResults(t *testing.T) {
 	for _, f := range []string{"report.json", "junit.xml", "summary.md"} {
 		assert.FileExists(t, filepath.Join(dir, f))
 	}
+}
+
+// TestBadArtifactFailsOnlyItsSuite: a metrics file that is not JSON fails the
+// suite that wrote it, and the kernel's report keeps everything else.
+func TestBadArtifactFailsOnlyItsSuite(t *testing.T) {
+	root := t.TempDir()
+	writeRun(t, root, "6.1", []string{ev("run", "TestA"), ev("pass", "TestA"), ev("pass", "")},
+		&vmtest.Result{Accel: vmtest.AccelChoice{Name: "tcg"}}, map[string]string{
+			"demo/metrics/bad.json":  `{"leaks": 1,`,
+			"demo/metrics/good.json": `{"leaks": 2}`,
+		})
+	k := &Kernel{Name: "6.1"}
+	require.NoError(t, KernelFromDir(root, filepath.Join(root, "6.1"), k, Options{}))
+	require.Len(t, k.Suites, 1)
+	s := k.Suites[0]
+	assert.Equal(t, "fail", s.Outcome)
+	assert.Equal(t, "fail", k.Outcome)
+	assert.Equal(t, Counts{Passed: 1, Failed: 1}, k.Counts)
+	require.Len(t, s.Faults, 1)
+	assert.Contains(t, s.Faults[0], "bad.json")
+	assert.Equal(t, map[string]float64{"good.leaks": 2}, s.Metrics)
+}
+
+func TestEverySkippedFailsUnlessAllowed(t *testing.T) {
+	root := t.TempDir()
+	writeRun(t, root, "6.1", []string{ev("run", "TestA"), ev("skip", "TestA"), ev("run", "TestB"), ev("skip", "TestB"), ev("pass", "")},
+		&vmtest.Result{Accel: vmtest.AccelChoice{Name: "tcg"}}, nil)
+	for _, allow := range []bool{false, true} {
+		k := &Kernel{Name: "6.1"}
+		require.NoError(t, KernelFromDir(root, filepath.Join(root, "6.1"), k, Options{AllowSkip: allow}))
+		if allow {
+			assert.Equal(t, "pass", k.Outcome)
+			assert.Equal(t, Counts{Skipped: 2}, k.Counts)
+			continue
+		}
+		assert.Equal(t, "fail", k.Outcome)
+		assert.Equal(t, Counts{Failed: 1, Skipped: 2}, k.Counts)
+		require.Len(t, k.Suites[0].Faults, 1)
+		assert.Contains(t, k.Suites[0].Faults[0], "-allow-skip")
+	}
+}
+
+func TestRunnerFaultsFailTheSuite(t *testing.T) {
+	root := t.TempDir()
+	writeRun(t, root, "6.1", []string{ev("run", "TestA"), ev("pass", "TestA"), ev("pass", "")},
+		&vmtest.Result{Faults: []string{"load module veth.ko: finit_module: exec format error"}, ProtocolErrors: []string{"forged"}}, nil)
+	k := &Kernel{Name: "6.1"}
+	require.NoError(t, KernelFromDir(root, filepath.Join(root, "6.1"), k, Options{}))
+	assert.Equal(t, "fail", k.Outcome)
+	assert.Len(t, k.Suites[0].Faults, 2)
 }

@@ -246,6 +246,11 @@ func TestBadInputFailsFast(t *testing.T) {
 		{"unknown suite", []string{"run", "-suites", "nosuch", "--", "go", "test", "./vmtest/..."}, "no suite named nosuch"},
 		{"not go test", []string{"run", "--", "make", "x"}, "go test"},
 		{"dynamic binary", []string{"exec", "/bin/true"}, "CGO_ENABLED=0"},
+		{"no CPUs", []string{"run", "-cpus", "0", "--", "go", "test", "./vmtest/testdata/sample"}, "-cpus 0"},
+		{"no memory", []string{"exec", "-memory", "0", "/bin/true"}, "-memory 0"},
+		{"negative timeout", []string{"run", "-timeout", "-1s", "--", "go", "test", "./vmtest/testdata/sample"}, "-timeout -1s"},
+		{"bad size", []string{"run", "-max-output", "lots", "--", "go", "test", "./vmtest/testdata/sample"}, "-max-output"},
+		{"unknown accel", []string{"exec", "-accel", "hvf", "/bin/true"}, "-accel"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -256,5 +261,25 @@ func TestBadInputFailsFast(t *testing.T) {
 			assert.Contains(t, stderr, tt.want)
 			assert.Less(t, time.Since(start), 30*time.Second)
 		})
+	}
+}
+
+// TestEverySkippedFails: a run in which every test skipped checked nothing and
+// must not pass, unless -allow-skip says that is fine.
+func TestEverySkippedFails(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		args := []string{"run", "-results", t.TempDir()}
+		if allow {
+			args = append(args, "-allow-skip")
+		}
+		stdout, _, code := runVMTest(t, append(args, "--", "go", "test", "./vmtest/testdata/sample", "-run", "^TestSkip$")...)
+		if allow {
+			assert.Equal(t, 0, code)
+			assert.Contains(t, stdout, "0 passed, 0 failed, 1 skipped")
+		} else {
+			assert.Equal(t, 1, code)
+			assert.Contains(t, stdout, "0 passed, 1 failed, 1 skipped")
+			assert.Contains(t, stdout, "every test of sample skipped")
+		}
 	}
 }

@@ -29,6 +29,7 @@ type runFlags struct {
 	json        bool
 	suites      string
 	rerunFailed string
+	allowSkip   bool
 }
 
 func runCmd(ctx context.Context, args []string) (int, error) {
@@ -37,6 +38,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	f.register(fs)
 	fs.BoolVar(&f.json, "json", false, "print go test -json events on stdout instead of the human-readable report")
 	fs.StringVar(&f.suites, "suites", "", "comma-separated test packages to run, by last path element (e.g. skbstore), out of the given patterns")
+	fs.BoolVar(&f.allowSkip, "allow-skip", false, "let a package whose every test skipped pass (by default it fails: nothing was checked)")
 	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest run [flags] [-- go test [packages] [go test flags]]\n\n"+
@@ -134,7 +136,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	rep.Finished = time.Now()
 	rep.Interrupted = ctx.Err() != nil
 	for _, k := range rep.Kernels {
-		if err := report.KernelFromDir(runDir, filepath.Join(runDir, kernelDir(k.Name)), k); err != nil {
+		if err := report.KernelFromDir(runDir, filepath.Join(runDir, kernelDir(k.Name)), k, report.Options{AllowSkip: f.allowSkip}); err != nil {
 			fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
 		}
 		if rep.Interrupted && k.Outcome != gotest.Pass && k.Outcome != gotest.Fail {
@@ -400,6 +402,9 @@ func printSummary(w io.Writer, rep *report.Report) {
 				if t.Outcome == gotest.Fail || t.Outcome == gotest.Unfinished {
 					fmt.Fprintf(w, "\n--- %s: [%s] %s.%s\n%s", strings.ToUpper(t.Outcome), k.Name, s.Name, t.Name, gotest.Indent(t.Output))
 				}
+			}
+			for _, f := range s.Faults {
+				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: %s\n", k.Name, s.Name, f)
 			}
 			if p := s.Failure; p != nil {
 				fmt.Fprintf(w, "\n--- FAIL: [%s] %s: guest %s\n%s", k.Name, s.Name, p.Error(), gotest.Indent(s.Output))
