@@ -209,8 +209,8 @@ func Load(opts Options) (*Store, error) {
 		if target == "" {
 			delete(spec.Programs, h.prog)
 			sk := SkippedHook{Program: h.prog, Hook: strings.Join(h.targets, "|"), Reason: fmt.Sprintf("%s %s: %v", h.kind, strings.Join(h.targets, " or "), errMissing)}
-			if h.isRequired(opts.Strategy) {
-				loadErr.Failed = append(loadErr.Failed, &ProgramError{Program: h.prog, Hook: sk.Hook, Err: fmt.Errorf("required hook missing: %s", sk.Reason)})
+			if h.isRequired(opts.Strategy, ki.Release) {
+				loadErr.Failed = append(loadErr.Failed, &ProgramError{Program: h.prog, Hook: sk.Hook, Err: fmt.Errorf("%s: %s", h.requiredWhy(opts.Strategy, ki.Release), sk.Reason)})
 			}
 			s.skipped = append(s.skipped, sk)
 			continue
@@ -249,7 +249,7 @@ func Load(opts Options) (*Store, error) {
 			pe := &ProgramError{Program: h.prog, Hook: s.targetOf[h.prog], Log: log, Err: err}
 			// A function that is in BTF but has no address (fully
 			// inlined) is a missing hook too.
-			if strings.Contains(log, "cannot be found") && !h.isRequired(opts.Strategy) {
+			if strings.Contains(log, "cannot be found") && !h.isRequired(opts.Strategy, ki.Release) {
 				s.skipped = append(s.skipped, SkippedHook{Program: h.prog, Hook: pe.Hook, Reason: fmt.Sprintf("%s %s: in BTF but not attachable: %v", h.kind, pe.Hook, err)})
 				continue
 			}
