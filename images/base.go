@@ -115,21 +115,37 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
-	defer os.RemoveAll(tmpDir)
 	tmp := filepath.Join(tmpDir, "base.cpio")
 
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
-	err = uimage.Create(logger,
-		uimage.WithReplaceEnv(env),
-		uimage.WithTempDir(tmpDir),
-		uimage.WithSkipLDD(),
-		uimage.WithBaseArchive(uimage.DefaultRamfs()),
-		uimage.WithCommands(&golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}, builder.Binary, pkgs...),
-		uimage.WithInit(initCmd),
-		uimage.WithUinit(uinit),
-		uimage.WithCPIOOutput(tmp),
-	)
+	// u-root's builder takes no context. It runs on its own so that a
+	// cancelled build returns at once; it then finishes (or fails) in the
+	// background and removes its temporary directory, and its image is
+	// never put in the cache.
+	built := make(chan error, 1)
+	go func() {
+		built <- uimage.Create(logger,
+			uimage.WithReplaceEnv(env),
+			uimage.WithTempDir(tmpDir),
+			uimage.WithSkipLDD(),
+			uimage.WithBaseArchive(uimage.DefaultRamfs()),
+			uimage.WithCommands(&golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}, builder.Binary, pkgs...),
+			uimage.WithInit(initCmd),
+			uimage.WithUinit(uinit),
+			uimage.WithCPIOOutput(tmp),
+		)
+	}()
+	select {
+	case err = <-built:
+	case <-ctx.Done():
+		go func() {
+			<-built
+			os.RemoveAll(tmpDir)
+		}()
+		return "", fmt.Errorf("build base image: %w", ctx.Err())
+	}
+	defer os.RemoveAll(tmpDir)
 	if err != nil {
 		return "", fmt.Errorf("build base image with u-root: %w", err)
 	}

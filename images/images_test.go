@@ -152,3 +152,44 @@ func TestBaseIsCached(t *testing.T) {
 	assert.True(t, os.SameFile(st1, st2), "the same file, not a rebuilt one")
 	assert.False(t, st2.ModTime().Before(st1.ModTime()), "a use marks the image as used")
 }
+
+// cancelOn cancels when a progress line contains what.
+type cancelOn struct {
+	what   string
+	cancel context.CancelFunc
+	at     time.Time
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	if c.at.IsZero() && bytes.Contains(p, []byte(c.what)) {
+		c.at = time.Now()
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+// TestBaseBuildCancels: Ctrl-C while the base image builds returns at once,
+// and no half-built image lands in the cache.
+func TestBaseBuildCancels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the guest agent")
+	}
+	cache := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	progress := &cancelOn{what: "building guest image", cancel: cancel}
+	_, err := Base(ctx, BaseOptions{CacheDir: cache, Progress: progress})
+	require.ErrorIs(t, err, context.Canceled)
+	require.False(t, progress.at.IsZero(), "the build started")
+	assert.Less(t, time.Since(progress.at), 2*time.Second, "returned soon after the cancel")
+	// The build goes on in the background and cleans up after itself.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		left, _ := filepath.Glob(filepath.Join(cache, "*"))
+		if len(left) == 0 || time.Now().After(deadline) {
+			assert.Empty(t, left, "nothing left in the cache")
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
