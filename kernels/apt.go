@@ -148,18 +148,50 @@ func (a *aptRepo) run(ctx context.Context, dir, tool string, args ...string) (st
 }
 
 // update refreshes the package lists; on full success it stamps them.
-func (a *aptRepo) update(ctx context.Context) error {
+//
+// apt checks the Release files' Valid-Until dates, so a mirror that serves
+// an old (or replayed) index is refused. Only where the host's own apt
+// configuration turns that check off (a frozen or lagging mirror, as on some
+// build machines) does the update go on without it, and then warn says so.
+func (a *aptRepo) update(ctx context.Context, checkOff bool, warn func(string)) error {
 	out, err := a.run(ctx, a.dir, "apt-get", "-q", "update")
+	if err == nil {
+		err = updateProblem(out)
+	}
+	if err != nil && expiredRE.MatchString(err.Error()) {
+		what := expiredRE.FindString(err.Error())
+		if !checkOff {
+			return fmt.Errorf("%s: the mirror serves an out-of-date index (or replays an old one), which apt refuses; "+
+				"use an up-to-date mirror, or, if you trust this one, turn the check off for the whole machine with "+
+				"Acquire::Check-Valid-Until \"false\" in /etc/apt/apt.conf.d", what)
+		}
+		out, err = a.run(ctx, a.dir, "apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false", "update")
+		if err == nil {
+			err = updateProblem(out)
+		}
+		if err == nil {
+			warn(fmt.Sprintf("%s; this machine's apt configuration turns the date check off (Acquire::Check-Valid-Until \"false\"), "+
+				"so the index is used: an old or replayed one would not be noticed", what))
+		}
+	}
 	if err != nil {
 		return err
 	}
-	// apt-get update exits 0 when it could not fetch some lists and kept old ones.
+	return writeFileAtomic(a.stampPath(), []byte(a.sourceID()+"\n"))
+}
+
+// expiredRE matches apt's complaint about a Release file past Valid-Until.
+var expiredRE = regexp.MustCompile(`Release file for \S+ is expired \([^)]*\)`)
+
+// updateProblem finds the failures apt-get update reports with exit 0 (it
+// keeps the old lists of a source it could not fetch).
+func updateProblem(out string) error {
 	for _, bad := range []string{"\nE: ", "\nW: Failed to fetch", "Some index files failed to download"} {
 		if strings.Contains("\n"+out, bad) {
 			return fmt.Errorf("apt-get update: %s", tail(out))
 		}
 	}
-	return writeFileAtomic(a.stampPath(), []byte(a.sourceID()+"\n"))
+	return nil
 }
 
 // hasLists reports whether any update ever fetched package lists.
@@ -219,11 +251,11 @@ func (a *aptRepo) suiteNames() string {
 }
 
 // inheritedAptKeys are the host's apt settings a private configuration
-// keeps: how to reach the network and how strictly to check Release file
-// dates, which an administrator sets for the whole machine (a proxy, a
-// frozen mirror). The host's sources, hooks and pinning are not kept.
+// keeps: how to reach the network, which an administrator sets for the whole
+// machine (a proxy). The host's sources, hooks and pinning are not kept, nor
+// its date checks: Release files are checked unless they fail the check and
+// the host turns it off (see aptRepo.update).
 var inheritedAptKeys = []string{
-	"acquire::check-valid-until", "acquire::check-date", "acquire::max-validtime", "acquire::min-validtime",
 	"acquire::http::proxy", "acquire::https::proxy", "acquire::ftp::proxy",
 	"acquire::http::proxy-auto-detect", "acquire::https::proxy-auto-detect",
 	"acquire::http::timeout", "acquire::https::timeout", "acquire::retries",
@@ -261,6 +293,19 @@ func hostAptSettings() string {
 	hostAptConf = &conf
 	return conf
 }
+
+var hostCheckOff = sync.OnceValue(func() bool {
+	out, err := exec.Command("apt-config", "dump", "Acquire::Check-Valid-Until").Output()
+	if err != nil {
+		return false
+	}
+	_, v, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	switch strings.ToLower(strings.Trim(v, "\";")) {
+	case "false", "no", "0", "off":
+		return true
+	}
+	return false
+})
 
 // trim drops apt's binary package cache (50 MB for sid): it is rebuilt in
 // half a second, and only resolving a name needs it, about once a MaxAge.

@@ -57,6 +57,7 @@ type Cache struct {
 
 	insecureArchive bool   // tests: trust an unsigned local archive
 	depmodMode      string // tests: force a modules.dep generator
+	checkOff        *bool  // tests: as if the host's apt turned Valid-Until checks off (or on)
 
 	mu    sync.Mutex
 	stats Stats
@@ -113,6 +114,15 @@ func (c *Cache) progress() io.Writer {
 		return io.Discard
 	}
 	return c.Progress
+}
+
+// validUntilOff reports whether the host's apt configuration turns the
+// Release files' Valid-Until check off.
+func (c *Cache) validUntilOff() bool {
+	if c.checkOff != nil {
+		return *c.checkOff
+	}
+	return hostCheckOff()
 }
 
 func (c *Cache) logf(format string, args ...any) {
@@ -280,7 +290,7 @@ func (c *Cache) resolve(ctx context.Context, s spec, series debSeries, repo *apt
 		}
 		c.logf("updating Debian package lists for %s (%s)", series.version, strings.Join(suites, ", "))
 		t := time.Now()
-		updateErr = repo.update(ctx)
+		updateErr = repo.update(ctx, c.validUntilOff(), func(msg string) { c.logf("warning: %s", msg) })
 		c.count(func(st *Stats) { st.Updates++ })
 		if ctx.Err() != nil {
 			return resolution{}, ctx.Err()

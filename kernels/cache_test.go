@@ -447,3 +447,45 @@ func TestGetWithoutApt(t *testing.T) {
 	assert.Contains(t, err.Error(), "apt-get not found")
 	assert.Contains(t, err.Error(), "install the apt package")
 }
+
+// TestGetChecksValidUntil: a Release file past its Valid-Until date (an old or
+// replayed index) is refused, unless the host's apt configuration turns the
+// check off, and then a warning says so.
+func TestGetChecksValidUntil(t *testing.T) {
+	tests := []struct {
+		name       string
+		validUntil time.Time
+		checkOff   bool
+		wantErr    string
+		wantWarn   bool
+	}{
+		{"fresh", time.Now().Add(24 * time.Hour), false, "", false},
+		{"fresh, host check off", time.Now().Add(24 * time.Hour), true, "", false},
+		{"expired", time.Now().Add(-24 * time.Hour), false, "is expired", false},
+		{"expired, host check off", time.Now().Add(-24 * time.Hour), true, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := archive61(t)
+			a.validUntil = tt.validUntil
+			c := a.cache(t.TempDir())
+			c.checkOff = &tt.checkOff
+			progress := &syncBuffer{}
+			c.Progress = progress
+			k, err := c.Get(context.Background(), "6.1")
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.Contains(t, err.Error(), "Check-Valid-Until")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, "6.1.0-41-cloud-amd64", k.Release)
+			if tt.wantWarn {
+				assert.Equal(t, 1, strings.Count(progress.String(), "turns the date check off"), "said once:\n%s", progress)
+			} else {
+				assert.NotContains(t, progress.String(), "date check")
+			}
+		})
+	}
+}

@@ -189,6 +189,8 @@ type fakeArchive struct {
 	mu       sync.Mutex
 	suites   map[string][]fakePkg
 	missing  map[string]bool // pool files listed but answered 404
+	// validUntil, when set, goes in every Release file.
+	validUntil time.Time
 	requests map[string]int  // path -> count
 }
 
@@ -320,8 +322,13 @@ func (a *fakeArchive) serve(w http.ResponseWriter, r *http.Request) {
 	switch path.Join(f[2:]...) {
 	case "Release":
 		sum := sha256.Sum256(idx)
+		date := time.Now().Add(-time.Hour)
+		if !a.validUntil.IsZero() {
+			date = a.validUntil.Add(-7 * 24 * time.Hour)
+			fmt.Fprintf(w, "Valid-Until: %s\n", a.validUntil.UTC().Format(time.RFC1123))
+		}
 		fmt.Fprintf(w, "Origin: test\nSuite: %s\nCodename: %s\nDate: %s\nArchitectures: amd64\nComponents: main\nSHA256:\n %s %d main/binary-amd64/Packages\n",
-			suite, suite, time.Now().Add(-time.Hour).UTC().Format(time.RFC1123), hex.EncodeToString(sum[:]), len(idx))
+			suite, suite, date.UTC().Format(time.RFC1123), hex.EncodeToString(sum[:]), len(idx))
 	case "main/binary-amd64/Packages":
 		w.Write(idx)
 	default:
