@@ -275,3 +275,18 @@ func output(t *testing.T, res *vmtest.Result, i int) []byte {
 	require.NoError(t, err)
 	return b
 }
+
+// TestTextPatchingWithTwoCPUs: a guest kernel that patches its own text while
+// its other vCPU runs must survive under software emulation (the runner's
+// choice of TCG settings; see accel.go).
+func TestTextPatchingWithTwoCPUs(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	res, err := vmtest.Run(context.Background(), vmtest.Options{
+		Kernel: e.kernel.Image, BaseImage: e.base, OutDir: t.TempDir(), Timeout: 90 * time.Second, CPUs: 2,
+		Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^TestToggleTracepoints$"}}},
+	})
+	require.NoError(t, err)
+	assert.NoError(t, res.Err())
+	assert.Contains(t, string(output(t, res, 0)), "--- PASS: TestToggleTracepoints")
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -209,4 +210,41 @@ func TestNoZombies(t *testing.T) {
 			t.Errorf("zombie: %s", strings.TrimSpace(s[:min(len(s), 80)]))
 		}
 	}
+}
+
+// TestToggleTracepoints enables and disables tracepoints in a loop while
+// other threads keep every CPU switching tasks: each toggle makes the kernel
+// patch its own text (int3-based text_poke) under the other CPUs' feet, as
+// attaching BPF programs does. Run with 2 vCPUs: QEMU's multi-threaded TCG
+// got this wrong (oopses on 7.x, hangs on 6.1).
+func TestToggleTracepoints(t *testing.T) {
+	guestOnly(t)
+	stop := make(chan struct{})
+	defer close(stop)
+	for range 4 {
+		go func() {
+			runtime.LockOSThread()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_ = unix.Nanosleep(&unix.Timespec{Nsec: 1000}, nil)
+				}
+			}
+		}()
+	}
+	events := []string{"sched/sched_switch", "sched/sched_wakeup", "timer/hrtimer_start", "irq/irq_handler_entry"}
+	n := 0
+	for deadline := time.Now().Add(4 * time.Second); time.Now().Before(deadline); {
+		for _, e := range events {
+			for _, v := range []string{"1", "0"} {
+				if err := os.WriteFile("/sys/kernel/tracing/events/"+e+"/enable", []byte(v), 0); err != nil {
+					t.Fatal(err)
+				}
+				n++
+			}
+		}
+	}
+	t.Logf("%d toggles", n)
 }
