@@ -186,12 +186,12 @@ type fakeArchive struct {
 	t   testing.TB
 	srv *httptest.Server
 
-	mu       sync.Mutex
-	suites   map[string][]fakePkg
-	missing  map[string]bool // pool files listed but answered 404
+	mu      sync.Mutex
+	suites  map[string][]fakePkg
+	missing map[string]bool // pool files listed but answered 404
 	// validUntil, when set, goes in every Release file.
 	validUntil time.Time
-	requests map[string]int  // path -> count
+	requests   map[string]int // path -> count
 }
 
 func newFakeArchive(t testing.TB) *fakeArchive {
