@@ -24,8 +24,12 @@ Usage:
       Builds the test binaries on the host (CGO_ENABLED=0), boots the kernel once
       per package with an initramfs (built with u-root) holding the test binary
       and vmtest's guest agent as /init, runs the binary as root in the guest
-      and prints each test's result, then "N passed, N failed, N skipped". Exits 0 only when every test passed and the guest kernel
-      reported no splat (WARNING, BUG, oops, lockdep, KASAN, RCU stall, hung task).
+      and prints each test's result, then "N passed, N failed, N skipped". Exits 0
+      only when every test passed, the guest kernel reported no splat (WARNING,
+      BUG, oops, lockdep, KASAN, RCU stall, hung task), every module loaded, the
+      guest kept within -max-output, -max-artifacts and -max-artifact-files,
+      nothing but the guest agent wrote to the result port, and no package had
+      every test skipped (-allow-skip accepts that).
       Without arguments it runs "go test ./...".
       Results (console log, kernel log, test output, artifacts, go test -json
       events) are kept under -results.
