@@ -2,13 +2,10 @@ package vmtest_test
 
 import (
 	"context"
-	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,40 +15,12 @@ import (
 	"github.com/skbstore/vmtest/vmtest"
 )
 
-var (
-	hostileOnce sync.Once
-	hostileBin  string
-	hostileErr  error
-)
-
-// hostileBinary builds testdata/hostile, the guest package that attacks the
-// runner.
-func hostileBinary(t *testing.T) string {
-	t.Helper()
-	hostileOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vmtest-hostile-")
-		if err != nil {
-			hostileErr = err
-			return
-		}
-		hostileBin = filepath.Join(dir, "hostile.test")
-		cmd := exec.Command("go", "test", "-c", "-o", hostileBin, "./testdata/hostile")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			hostileErr = fmt.Errorf("%w: %s", err, out)
-		}
-	})
-	require.NoError(t, hostileErr)
-	return hostileBin
-}
-
 // TestHostileGuest boots the hostile package with one attack at a time. In
 // every case the run must fail with a message that names the cause, and
 // nothing may land outside the results directory.
 func TestHostileGuest(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	bin := hostileBinary(t)
 	tests := []struct {
 		attack string
 		run    string
@@ -119,7 +88,7 @@ func TestHostileGuest(t *testing.T) {
 			target := filepath.Join(sandbox, "escaped")
 			res, err := vmtest.Run(context.Background(), vmtest.Options{
 				Kernel: e.kernel.Image, BaseImage: e.base, OutDir: out, Timeout: 3 * time.Minute, Limits: tt.limits,
-				Commands: []vmtest.Command{{ID: "hostile", Binary: bin, Args: []string{"-test.v", "-test.run", tt.run, "-attack", tt.attack}}},
+				Commands: []vmtest.Command{{ID: "hostile", Binary: e.hostile, Args: []string{"-test.v", "-test.run", tt.run, "-attack", tt.attack}}},
 				Env:      []string{"HOSTILE_TARGET=" + target},
 			})
 			require.NoError(t, err)

@@ -3,6 +3,7 @@ package vmtest_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,9 +24,10 @@ import (
 // env is what the boot tests share: a real kernel, the base image and the
 // sample guest test binary, prepared once.
 type env struct {
-	kernel *kernels.Kernel
-	base   string
-	sample string
+	kernel  *kernels.Kernel
+	base    string
+	sample  string
+	hostile string // testdata/hostile, the guest package that attacks the runner
 }
 
 var (
@@ -65,15 +67,17 @@ func setup(t *testing.T) *env {
 			envErr = err
 			return
 		}
-		sample := filepath.Join(dir, "sample.test")
-		cmd := exec.Command("go", "test", "-c", "-o", sample, "./testdata/sample")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			envErr = err
-			t.Logf("%s", out)
-			return
+		bins := map[string]string{}
+		for _, pkg := range []string{"sample", "hostile"} {
+			bins[pkg] = filepath.Join(dir, pkg+".test")
+			cmd := exec.Command("go", "test", "-c", "-o", bins[pkg], "./testdata/"+pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				envErr = fmt.Errorf("build testdata/%s: %w: %s", pkg, err, out)
+				return
+			}
 		}
-		theEnv = &env{kernel: k, base: base, sample: sample}
+		theEnv = &env{kernel: k, base: base, sample: bins["sample"], hostile: bins["hostile"]}
 	})
 	require.NoError(t, envErr)
 	return theEnv
