@@ -94,9 +94,10 @@ type resultReader struct {
 	dmesg     *os.File
 	dmesgTail []byte // an unfinished last line, for the splat scanner
 
-	moreErrors int   // protocol errors past maxProtoErrors
-	forged     int   // frames that failed authentication
-	skipped    int64 // bytes that were not authentic frames
+	moreErrors int    // protocol errors past maxProtoErrors
+	cutShort   string // the last frame, cut short when the guest stopped
+	forged     int    // frames that failed authentication
+	skipped    int64  // bytes that were not authentic frames
 	capped     map[string]bool
 }
 
@@ -116,6 +117,12 @@ func (r *resultReader) read(conn io.Reader) {
 				r.skipped += int64(ce.Skipped)
 			}
 			if errors.Is(err, io.EOF) {
+				return
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				// The guest stopped in the middle of a frame: it died or was
+				// stopped, which the boot's failure reports.
+				r.cutShort = err.Error()
 				return
 			}
 			r.protoErr("%v", err)
@@ -414,6 +421,14 @@ func (r *resultReader) finish() {
 
 // stage says how far the guest got, for failure messages.
 func (r *resultReader) stage() string {
+	s := r.stageOnly()
+	if r.cutShort != "" {
+		s += " (its last " + r.cutShort + ")"
+	}
+	return s
+}
+
+func (r *resultReader) stageOnly() string {
 	switch {
 	case !r.hello:
 		return "; the guest agent never started"

@@ -240,3 +240,17 @@ func FuzzResultReader(f *testing.F) {
 		}
 	})
 }
+
+// TestResultReaderCutShort: a guest stopped in the middle of a frame is a
+// failure of the boot (reported as such), not a protocol error.
+func TestResultReaderCutShort(t *testing.T) {
+	data := frames(t, hello(), proto.Frame{Type: proto.TypeStart, Name: "a"},
+		proto.Frame{Type: proto.TypeOutput, Name: "a", Payload: bytes.Repeat([]byte("x"), 100)})
+	res := &Result{OutDir: t.TempDir(), Commands: []CommandResult{{ID: "a"}}}
+	rr := newResultReader(res, Options{}, testKey, &splatScanner{}, time.Now())
+	rr.read(bytes.NewReader(data[:len(data)-10]))
+	rr.finish()
+	assert.Empty(t, res.ProtocolErrors)
+	assert.Contains(t, rr.stage(), "while running a")
+	assert.Contains(t, rr.stage(), "cut short")
+}
