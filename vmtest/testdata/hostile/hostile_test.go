@@ -9,6 +9,7 @@ package hostile
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,9 +27,9 @@ import (
 
 var attack = flag.String("attack", "", "what to do to the runner")
 
-// escapeName is the host path the escape attack tries to create, from
-// $HOSTILE_TARGET.
-var target = os.Getenv("HOSTILE_TARGET")
+// target is the host path the escape attack tries to create: $HOSTILE_TARGET,
+// else one under /tmp.
+var target = cmp.Or(os.Getenv("HOSTILE_TARGET"), "/tmp/vmtest-hostile-escaped")
 
 func TestMain(m *testing.M) {
 	flag.Parse()
