@@ -20,6 +20,12 @@ type Event struct {
 	Test    string  `json:",omitempty"`
 	Elapsed float64 `json:",omitempty"`
 	Output  string  `json:",omitempty"`
+	// ImportPath names the package a build event is about (go 1.24 and
+	// later report build output this way, without Package).
+	ImportPath string `json:",omitempty"`
+	// FailedBuild, on a package's fail event, names the package whose
+	// build failed.
+	FailedBuild string `json:",omitempty"`
 }
 
 // Outcomes of a test or package.
@@ -101,6 +107,9 @@ type Reader struct {
 	pkgs  map[string]*Package
 	tests map[string]*Test
 	order []string
+	// build holds build output by import path until a package's fail
+	// event names it.
+	build map[string]string
 }
 
 // Read consumes a `go test -json` stream until EOF. Lines that are not JSON
@@ -109,13 +118,17 @@ type Reader struct {
 func (r *Reader) Read(in io.Reader) (*Summary, error) {
 	r.pkgs = map[string]*Package{}
 	r.tests = map[string]*Test{}
+	r.build = map[string]string{}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	var raw []byte
 	for sc.Scan() {
 		line := sc.Bytes()
 		if r.Raw != nil {
-			r.Raw.Write(line)
-			r.Raw.Write([]byte{'\n'})
+			// One Write per line, so that streams of several readers
+			// sharing a writer interleave by whole lines.
+			raw = append(append(raw[:0], line...), '\n')
+			r.Raw.Write(raw)
 		}
 		var e Event
 		if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &e) != nil {
@@ -140,7 +153,18 @@ func (r *Reader) pkg(name string) *Package {
 }
 
 func (r *Reader) add(e Event) {
+	if e.Package == "" && e.ImportPath != "" {
+		// A build event: its output belongs to the packages whose fail
+		// event names this build, and counts once with each of them.
+		if e.Action == "build-output" && len(r.build[e.ImportPath]) < 1<<20 {
+			r.build[e.ImportPath] += e.Output
+		}
+		return
+	}
 	p := r.pkg(e.Package)
+	if e.Test == "" && e.Action == Fail && e.FailedBuild != "" {
+		p.Output = r.build[e.FailedBuild] + p.Output
+	}
 	if e.Test == "" {
 		switch e.Action {
 		case "output", "build-output":

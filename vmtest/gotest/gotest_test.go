@@ -1,6 +1,7 @@
 package gotest
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -49,4 +50,24 @@ func TestReaderSummarizes(t *testing.T) {
 	passed, failed, skipped := sum.Counts()
 	assert.Equal(t, []int{1, 5, 1}, []int{passed, failed, skipped})
 	assert.True(t, sum.Failed())
+}
+
+// TestBuildFailureCountsOnce reads what go 1.26's `go test -json ./...` printed
+// for a module with one package that does not compile and one that passes:
+// the broken package is one failure, with the compiler's message.
+func TestBuildFailureCountsOnce(t *testing.T) {
+	f, err := os.Open("testdata/buildfail.json")
+	require.NoError(t, err)
+	defer f.Close()
+	var r Reader
+	sum, err := r.Read(f)
+	require.NoError(t, err)
+	require.Len(t, sum.Packages, 2)
+	passed, failed, skipped := sum.Counts()
+	assert.Equal(t, []int{1, 1, 0}, []int{passed, failed, skipped})
+	broken := sum.Packages[0]
+	assert.Equal(t, "example.com/bf/broken", broken.Name)
+	assert.Equal(t, Fail, broken.Outcome)
+	assert.Contains(t, broken.Output, "undefined: undefined")
+	assert.Contains(t, broken.Output, "[build failed]")
 }

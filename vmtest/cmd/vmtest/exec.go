@@ -55,10 +55,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 
-	id := strings.TrimSuffix(filepath.Base(bin), ".test")
-	if id == "" || strings.ContainsAny(id, " /") {
-		id = "test"
-	}
+	id := commandID(bin)
 	outDir, keep, err := execOutDir(f.results, runName(id))
 	if err != nil {
 		return 1, err
@@ -121,6 +118,22 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// commandID names the guest command after the binary (pkg.test -> pkg),
+// with what a command ID cannot hold made '_': Go allows package
+// directories such as "a+b" or "ünï".
+func commandID(bin string) string {
+	id := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
+			return r
+		}
+		return '_'
+	}, strings.TrimSuffix(filepath.Base(bin), ".test"))
+	if strings.Trim(id, ".") == "" {
+		return "test"
+	}
+	return id
 }
 
 // runName names the results directory of one boot after the package's

@@ -24,10 +24,14 @@ var goTestValueFlags = map[string]bool{
 }
 
 // splitGoTestArgs separates the package patterns of a go test command line
-// from its flags.
-func splitGoTestArgs(args []string) (pkgs, flags []string) {
+// from its flags, and from what follows -args (kept whole, -args included:
+// go test passes it to the test binary untouched, so it must stay last).
+func splitGoTestArgs(args []string) (pkgs, flags, binArgs []string) {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		if a == "-args" || a == "--args" {
+			return pkgs, flags, append([]string(nil), args[i:]...)
+		}
 		if !strings.HasPrefix(a, "-") || a == "-" {
 			pkgs = append(pkgs, a)
 			continue
@@ -42,7 +46,7 @@ func splitGoTestArgs(args []string) (pkgs, flags []string) {
 			flags = append(flags, args[i])
 		}
 	}
-	return pkgs, flags
+	return pkgs, flags, nil
 }
 
 // selectSuites expands patterns with go list and keeps the packages whose

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -70,7 +71,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	if len(rest) < 2 || rest[0] != "go" || rest[1] != "test" {
 		return 2, fmt.Errorf("run wants a go test command after the flags, e.g. vmtest run -- go test ./pkg; to run a prebuilt binary use vmtest exec")
 	}
-	pkgs, testFlags := splitGoTestArgs(rest[2:])
+	pkgs, testFlags, binArgs := splitGoTestArgs(rest[2:])
 	for _, a := range testFlags {
 		if a == "-json" || a == "--json" {
 			f.json = true
@@ -120,7 +121,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 
 	rep := &report.Report{Started: time.Now()}
 	st := newStatus(os.Stderr, names)
-	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, perKernel: perKernel}
+	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, binArgs: binArgs, perKernel: perKernel, kernels: len(names)}
 	var wg sync.WaitGroup
 	for _, n := range names {
 		k := &report.Kernel{Name: n}
@@ -176,6 +177,8 @@ type matrix struct {
 	st        *status
 	pkgs      []string
 	testFlags []string
+	binArgs   []string // -args and what follows, for the test binaries
+	kernels   int      // how many kernels run
 	perKernel map[string][]string
 	fetchMu   sync.Mutex // one download at a time: they share the disk and the network
 	outMu     sync.Mutex
@@ -228,6 +231,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		pkgs = []string{"./..."}
 	}
 	goArgs = append(goArgs, pkgs...)
+	goArgs = append(goArgs, m.binArgs...)
 	cmd := exec.Command("go", goArgs...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
 	cmd.Stderr = os.Stderr
@@ -247,7 +251,11 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	defer events.Close()
 	r := &gotest.Reader{Raw: events}
 	if m.f.json {
-		r.Raw = io.MultiWriter(events, &lockedWriter{mu: &m.outMu, w: os.Stdout})
+		var out io.Writer = &lockedWriter{mu: &m.outMu, w: os.Stdout}
+		if m.kernels > 1 {
+			out = &kernelTag{w: out, kernel: k.Name}
+		}
+		r.Raw = io.MultiWriter(events, out)
 	}
 	r.OnTest = func(t *gotest.Test) {
 		if strings.Contains(t.Name, "/") {
@@ -288,6 +296,30 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		state = "interrupted"
 	}
 	m.st.set(k.Name, fmt.Sprintf("%s in %.0fs", state, time.Since(start).Seconds()))
+}
+
+// kernelTag adds a "Kernel" field to each go test -json event, so that the
+// streams of several kernels on one stdout can be told apart.
+type kernelTag struct {
+	w      io.Writer
+	kernel string
+	buf    []byte
+}
+
+func (k *kernelTag) Write(p []byte) (int, error) {
+	if len(p) == 0 || p[0] != '{' {
+		return k.w.Write(p)
+	}
+	field, _ := json.Marshal(k.kernel)
+	k.buf = append(append(k.buf[:0], `{"Kernel":`...), field...)
+	if rest := bytes.TrimLeft(p[1:], " \t"); len(rest) > 0 && rest[0] != '}' {
+		k.buf = append(k.buf, ',')
+	}
+	k.buf = append(k.buf, p[1:]...)
+	if _, err := k.w.Write(k.buf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 type lockedWriter struct {
