@@ -106,16 +106,48 @@ func TestWriteRejectsBadPaths(t *testing.T) {
 	assert.NoFileExists(t, filepath.Join(dir, "y.cpio"), "a failed write leaves no half image")
 }
 
-func TestDirLimitsSize(t *testing.T) {
-	dir := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "a"), []byte("12345"), 0o644))
-	files, err := Dir(dir, "/work/testdata", 10)
+// TestTreeFollowsLinks lays out a module the way cilium/ebpf's is: a
+// testdata file that is a link, a package reading ../testdata, a link to a
+// directory and one back up (a loop), a dangling link and a .git directory.
+func TestTreeFollowsLinks(t *testing.T) {
+	root := t.TempDir()
+	mk := func(p, content string) {
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(root, p), []byte(content), 0o644))
+	}
+	mk("go.mod", "module x\n")
+	mk("testdata/real.elf", "ELF")
+	mk("pkg/sub/x_test.go", "package sub")
+	mk(".git/objects/big", "not for the guest")
+	mk("vmtest-results/run/console.log", "not for the guest")
+	elsewhere := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(elsewhere, "shared.txt"), []byte("shared"), 0o644))
+	require.NoError(t, os.Symlink("real.elf", filepath.Join(root, "testdata", "loader-el.elf")))
+	require.NoError(t, os.Symlink(elsewhere, filepath.Join(root, "pkg", "data")))
+	require.NoError(t, os.Symlink("..", filepath.Join(root, "pkg", "up")))
+	require.NoError(t, os.Symlink("/nonexistent", filepath.Join(root, "dangling")))
+
+	files, size, err := Tree(root, TreeOptions{SkipDirs: []string{".git", "vmtest-results"}})
 	require.NoError(t, err)
-	require.Len(t, files, 1)
-	assert.Equal(t, "/work/testdata/sub/a", files[0].Guest)
-	_, err = Dir(dir, "/x", 4)
-	assert.Error(t, err)
+	got := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f.Host)
+		require.NoError(t, err)
+		rel, err := filepath.Rel(root, f.Guest)
+		require.NoError(t, err)
+		got[rel] = string(b)
+	}
+	assert.Equal(t, map[string]string{
+		"go.mod":                 "module x\n",
+		"testdata/real.elf":      "ELF",
+		"testdata/loader-el.elf": "ELF",
+		"pkg/sub/x_test.go":      "package sub",
+		"pkg/data/shared.txt":    "shared",
+	}, got)
+	assert.Equal(t, int64(len("module x\n")+3+3+len("package sub")+len("shared")), size)
+
+	_, _, err = Tree(root, TreeOptions{SkipDirs: []string{".git", "vmtest-results"}, MaxBytes: 10})
+	assert.ErrorIs(t, err, ErrTooBig)
 }
 
 // TestBaseIsCached builds the real base image with u-root and checks that a

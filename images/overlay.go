@@ -102,28 +102,3 @@ func records(files []File) ([]cpio.Record, error) {
 	}
 	return recs, nil
 }
-
-// Dir returns Files for every regular file under host dir, placed under the
-// guest directory guest. Files larger than maxSize make it fail, so a stray
-// large file cannot bloat the image unnoticed.
-func Dir(host, guest string, maxSize int64) ([]File, error) {
-	var files []File
-	err := filepath.Walk(host, func(p string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		if info.Size() > maxSize {
-			return fmt.Errorf("%s: %d bytes is larger than %d", p, info.Size(), maxSize)
-		}
-		rel, err := filepath.Rel(host, p)
-		if err != nil {
-			return err
-		}
-		files = append(files, File{Guest: filepath.Join(guest, rel), Host: p})
-		return nil
-	})
-	return files, err
-}

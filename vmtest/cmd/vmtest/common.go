@@ -23,22 +23,24 @@ import (
 
 // vmFlags are the flags run and exec share; run passes them on to exec.
 type vmFlags struct {
-	kernel  string
-	accel   string
-	memory  int
-	cpus    int
-	timeout time.Duration
-	modules string
-	results string
-	console bool
-	qemu    string
-	vms     int
-	append  string
-	init    string
-	kaslr   bool
-	dwarf   bool
-	limits  struct{ output, artifacts sizeFlag }
-	files   int
+	kernel     string
+	accel      string
+	memory     int
+	cpus       int
+	timeout    time.Duration
+	modules    string
+	results    string
+	console    bool
+	qemu       string
+	vms        int
+	append     string
+	init       string
+	kaslr      bool
+	dwarf      bool
+	limits     struct{ output, artifacts sizeFlag }
+	files      int
+	share      string
+	shareLimit sizeFlag
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -60,6 +62,9 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.limits.output, vmtest.FlagMaxOutput[1:], "most bytes one boot may send of test output plus kernel log (and of console log); more fails the run (K, M, G suffixes)")
 	fs.Var(&f.limits.artifacts, vmtest.FlagMaxArtifacts[1:], "most bytes of artifacts one boot may send; more fails the run")
 	fs.IntVar(&f.files, vmtest.FlagMaxArtifactFiles[1:], 10000, "most artifact files one boot may send; more fails the run")
+	fs.StringVar(&f.share, "share", "", "comma-separated host paths to put in the guest at the same paths, besides the test's Go module (say a data directory)")
+	f.shareLimit = 64 << 20
+	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to put in the guest image; more fails before boot")
 }
 
 // check refuses flag values no guest can run with.
@@ -77,8 +82,8 @@ func (f *vmFlags) check() error {
 	if f.vms < 0 {
 		errs = append(errs, fmt.Errorf("-vms %d: give 0 (by CPUs and memory) or more", f.vms))
 	}
-	if f.limits.output <= 0 || f.limits.artifacts <= 0 || f.files <= 0 {
-		errs = append(errs, errors.New("-max-output, -max-artifacts and -max-artifact-files must be positive"))
+	if f.limits.output <= 0 || f.limits.artifacts <= 0 || f.files <= 0 || f.shareLimit <= 0 {
+		errs = append(errs, errors.New("-max-output, -max-artifacts, -max-artifact-files and -share-limit must be positive"))
 	}
 	switch f.accel {
 	case "auto", "kvm", "tcg", "":
@@ -162,6 +167,10 @@ func (f *vmFlags) args() []string {
 	if f.dwarf {
 		a = append(a, "-keep-dwarf")
 	}
+	if f.share != "" {
+		a = append(a, "-share", f.share)
+	}
+	a = append(a, "-share-limit", f.shareLimit.String())
 	a = append(a, vmtest.FlagMaxOutput, f.limits.output.String(), vmtest.FlagMaxArtifacts, f.limits.artifacts.String(),
 		vmtest.FlagMaxArtifactFiles, fmt.Sprint(f.files))
 	return a

@@ -16,9 +16,6 @@ import (
 	"github.com/skbstore/vmtest/vmtest/internal/slots"
 )
 
-// maxTestdata bounds the testdata directory copied into the guest.
-const maxTestdata = 64 << 20
-
 func execCmd(ctx context.Context, args []string) (int, error) {
 	fs := flag.NewFlagSet("vmtest exec", flag.ContinueOnError)
 	var f vmFlags
@@ -28,8 +25,9 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 			"Boots the kernel, runs the static BINARY as root in the guest with ARGS, streams its\n"+
 			"output to stdout and exits with its status. If the guest panics, hangs, reports a\n"+
 			"kernel splat or dies before the binary finished, it says so on stderr with the last\n"+
-			"console lines and exits 1. If the working directory has a testdata directory, it is\n"+
-			"copied into the guest at the same path, which is also the binary's working directory.\n"+
+			"console lines and exits 1. The binary runs in the same working directory as on the host,\n"+
+			"with the files of its Go module (the directory holding go.mod above it, links followed)\n"+
+			"at the same paths, and the kernel's config as /boot/config-$(uname -r).\n"+
 			"Made for go test: CGO_ENABLED=0 go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -61,13 +59,13 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 
-	cwd, _ := os.Getwd()
-	var files []images.File
-	if st, err := os.Stat(filepath.Join(cwd, "testdata")); err == nil && st.IsDir() {
-		files, err = images.Dir(filepath.Join(cwd, "testdata"), filepath.Join(cwd, "testdata"), maxTestdata)
-		if err != nil {
-			return 1, fmt.Errorf("copy testdata into the guest: %w", err)
-		}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return 1, err
+	}
+	files, err := guestFiles(cwd, &f, p)
+	if err != nil {
+		return 1, err
 	}
 	opts := vmtest.Options{
 		Kernel:    p.kernel.Image,
@@ -118,6 +116,57 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// guestFiles is what the guest gets besides the binary: the files of the Go
+// module around dir (or dir alone outside a module) and the paths of -share,
+// each at its own path, and the kernel's config where tests look for it.
+func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
+	roots := []string{moduleRoot(dir)}
+	for _, s := range splitList(f.share) {
+		abs, err := filepath.Abs(s)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, abs)
+	}
+	opts := images.TreeOptions{SkipDirs: []string{".git", ".hg", ".svn", "vmtest-results"}, MaxBytes: int64(f.shareLimit)}
+	if r := os.Getenv("VMTEST_RESULTS"); r != "" {
+		opts.SkipPaths = append(opts.SkipPaths, r)
+	}
+	var files []images.File
+	var total int64
+	for _, r := range roots {
+		fs, size, err := images.Tree(r, opts)
+		if errors.Is(err, images.ErrTooBig) {
+			return nil, fmt.Errorf("files for the guest under %s: %w; share less, or raise -share-limit (now %s)", r, err, f.shareLimit.String())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("files for the guest under %s: %w", r, err)
+		}
+		files = append(files, fs...)
+		if total += size; total > int64(f.shareLimit) {
+			return nil, fmt.Errorf("files for the guest: %d bytes in %s, over -share-limit %s", total, strings.Join(roots, ", "), f.shareLimit.String())
+		}
+	}
+	if p.kernel.Config != "" && p.kernel.Release != "" {
+		files = append(files, images.File{Guest: "/boot/config-" + p.kernel.Release, Host: p.kernel.Config})
+	}
+	return files, nil
+}
+
+// moduleRoot returns the directory of the go.mod above dir, or dir.
+func moduleRoot(dir string) string {
+	for d := dir; ; {
+		if st, err := os.Stat(filepath.Join(d, "go.mod")); err == nil && !st.IsDir() {
+			return d
+		}
+		up := filepath.Dir(d)
+		if up == d {
+			return dir
+		}
+		d = up
+	}
 }
 
 // commandID names the guest command after the binary (pkg.test -> pkg),

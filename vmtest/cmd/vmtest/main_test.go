@@ -52,12 +52,12 @@ func vmtestBin(t *testing.T) string {
 	return binPath
 }
 
-const moduleRoot = "../../.."
+const repoRoot = "../../.."
 
 func runVMTest(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(vmtestBin(t), args...)
-	cmd.Dir = moduleRoot
+	cmd.Dir = repoRoot
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -188,7 +188,7 @@ func TestInterruptKeepsCompletedKernels(t *testing.T) {
 	results := t.TempDir()
 	cmd := exec.Command(vmtestBin(t), "run", "-kernel", "6.1,6.12", "-results", results, "--",
 		"go", "test", "./vmtest/testdata/sample", "-run", "^(TestPass|TestHangOn612)$")
-	cmd.Dir = moduleRoot
+	cmd.Dir = repoRoot
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	require.NoError(t, cmd.Start())

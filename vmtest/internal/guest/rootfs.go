@@ -28,7 +28,6 @@ var rootfs = []mount{
 	{"devtmpfs", "/dev", "devtmpfs", ""},
 	{"proc", "/proc", "proc", ""},
 	{"sysfs", "/sys", "sysfs", ""},
-	{"tmpfs", "/tmp", "tmpfs", ""},
 	{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=666,gid=5,mode=620"},
 	{"tmpfs", "/dev/shm", "tmpfs", ""},
 	{"cgroup2", "/sys/fs/cgroup", "cgroup2", ""},
@@ -66,6 +65,14 @@ func initRootfs() <-chan []error {
 			if err := mountOnce(m); err != nil {
 				fail(err)
 			}
+		}
+		// /tmp stays part of the root file system (RAM already): a tmpfs
+		// over it would hide the files the host put there, such as a
+		// Go module checked out under /tmp.
+		if err := os.MkdirAll("/tmp", 0o755); err != nil {
+			fail(fmt.Errorf("create /tmp: %w", err))
+		} else if err := os.Chmod("/tmp", 0o777|os.ModeSticky); err != nil {
+			fail(fmt.Errorf("chmod /tmp: %w", err))
 		}
 		if err := os.Symlink("/dev/pts/ptmx", "/dev/ptmx"); err != nil && !errors.Is(err, os.ErrExist) {
 			fail(fmt.Errorf("link /dev/ptmx: %w", err))
