@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -134,6 +135,7 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 	if r := os.Getenv("VMTEST_RESULTS"); r != "" {
 		opts.SkipPaths = append(opts.SkipPaths, r)
 	}
+	opts.SkipPaths = append(opts.SkipPaths, ignoredDirs(roots[0])...)
 	var files []images.File
 	var total int64
 	for _, r := range roots {
@@ -153,6 +155,23 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 		files = append(files, images.File{Guest: "/boot/config-" + p.kernel.Release, Host: p.kernel.Config})
 	}
 	return files, nil
+}
+
+// ignoredDirs lists the directories git ignores in the checkout holding dir
+// (build outputs such as bin/, earlier results): they are not the test's
+// files and only make the guest image larger. Outside a git checkout, none.
+func ignoredDirs(dir string) []string {
+	out, err := exec.Command("git", "-C", dir, "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory").Output()
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for _, p := range strings.Split(string(out), "\x00") {
+		if strings.HasSuffix(p, "/") {
+			dirs = append(dirs, filepath.Join(dir, p))
+		}
+	}
+	return dirs
 }
 
 // moduleRoot returns the directory of the go.mod above dir, or dir.

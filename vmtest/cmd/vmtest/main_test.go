@@ -283,3 +283,65 @@ func TestEverySkippedFails(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignModuleUnderTmp runs the tests of a module that lives under /tmp,
+// as a checkout there would: its test reads a testdata file through a link
+// and from a parent directory, the kernel's config where tests look for it,
+// and writes to the temporary directory; all as plain go test would let it.
+func TestForeignModuleUnderTmp(t *testing.T) {
+	bin := vmtestBin(t)
+	mod := t.TempDir()
+	write := func(p, content string) {
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
+	}
+	write("go.mod", "module example.com/foreign\n\ngo 1.24\n")
+	write("testdata/real.txt", "through the link\n")
+	require.NoError(t, os.Symlink("real.txt", filepath.Join(mod, "testdata", "link.txt")))
+	write("pkg/files/files_test.go", `package files
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestFiles(t *testing.T) {
+	if os.Getenv("VMTEST_GUEST") != "1" {
+		t.Fatal("not in a guest")
+	}
+	b, err := os.ReadFile("../../testdata/link.txt")
+	if err != nil || string(b) != "through the link\n" {
+		t.Fatalf("../../testdata/link.txt: %q, %v", b, err)
+	}
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var rel []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		rel = append(rel, byte(c))
+	}
+	cfg, err := os.ReadFile("/boot/config-" + string(rel))
+	if err != nil || !strings.Contains(string(cfg), "CONFIG_BPF_SYSCALL=y") {
+		t.Fatalf("kernel config: %v", err)
+	}
+	if err := os.WriteFile(t.TempDir()+"/x", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+`)
+	cmd := exec.Command(bin, "run", "-kernel", "6.1", "-results", t.TempDir(), "--", "go", "test", "./...")
+	cmd.Dir = mod
+	src, err := filepath.Abs(repoRoot)
+	require.NoError(t, err)
+	cmd.Env = append(os.Environ(), "VMTEST_SRC="+src) // the guest agent's source, until vmtest embeds it
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	require.NoError(t, err)
+	assert.Contains(t, string(out), "1 passed, 0 failed, 0 skipped")
+}
