@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/skbstore/vmtest/vmtest/internal/proto"
@@ -219,6 +221,8 @@ func (r *resultReader) handle(f proto.Frame) {
 		}
 	case proto.TypeFile:
 		r.startArtifact(f)
+	case proto.TypeOutFile:
+		r.startOutFile(f)
 	case proto.TypeFileMore:
 		if r.artDrop && f.Name == r.artName {
 			return
@@ -308,27 +312,70 @@ func (r *resultReader) startArtifact(f proto.Frame) {
 		r.protoErr("artifact %.80q refused: %v", f.Name, err)
 		return
 	}
-	if r.artFiles >= r.limits.ArtifactFiles {
-		r.artName, r.artDrop = f.Name, true
-		r.capFault(FlagMaxArtifactFiles, "artifacts over the cap of %d files per boot (%s): the rest were dropped", r.limits.ArtifactFiles, FlagMaxArtifactFiles)
-		return
-	}
-	p := filepath.Join(r.res.OutDir, artifactsDir, name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		r.protoErr("save artifact %s: %v", name, err)
-		return
-	}
 	// O_EXCL: a name sent twice does not overwrite, and nothing that is
 	// already there (a directory, a link) is followed.
-	out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		r.protoErr("save artifact %s: %v", name, err)
+	if r.receive(f, filepath.Join(r.res.OutDir, artifactsDir, name), os.O_EXCL) {
+		r.res.Files = append(r.res.Files, name)
+	}
+}
+
+// startOutFile receives a file the running command wrote for the host:
+// a frame names it by its index among the command's outputs, so the host
+// writes only where it asked for a file, or below a directory it asked for.
+func (r *resultReader) startOutFile(f proto.Frame) {
+	if r.current < 0 {
+		r.protoErr("output file %.80q while no command runs", f.Name)
 		return
+	}
+	var outs []Output
+	if r.current < len(r.opts.Commands) {
+		outs = r.opts.Commands[r.current].Outputs
+	}
+	idx, rest, sub := strings.Cut(f.Name, "/")
+	i, err := strconv.Atoi(idx)
+	if err != nil || i < 0 || i >= len(outs) || sub != outs[i].Dir {
+		r.protoErr("output file %.80q that the job did not ask for", f.Name)
+		return
+	}
+	path := outs[i].Host
+	if sub {
+		rel, err := proto.UnescapeName(rest)
+		if err == nil && (len(rel) > maxArtifactPath || strings.Count(rel, "/") > maxArtifactDepth ||
+			!filepath.IsLocal(rel) || filepath.Clean(rel) != rel || strings.ContainsRune(rel, 0)) {
+			err = errors.New("not a clean relative path")
+		}
+		if err != nil {
+			r.protoErr("output file %.80q refused: %v", f.Name, err)
+			return
+		}
+		path = filepath.Join(path, rel)
+	}
+	// O_TRUNC: the file of an earlier run at a path the user named (a
+	// profile) is replaced, as go test would; O_NOFOLLOW: not through a link.
+	r.receive(f, path, os.O_TRUNC|syscall.O_NOFOLLOW)
+}
+
+// receive opens path for the pieces of the file that f starts, within the
+// caps, and reports whether it did.
+func (r *resultReader) receive(f proto.Frame, path string, flag int) bool {
+	if r.artFiles >= r.limits.ArtifactFiles {
+		r.artName, r.artDrop = f.Name, true
+		r.capFault(FlagMaxArtifactFiles, "files over the cap of %d per boot (%s): the rest were dropped", r.limits.ArtifactFiles, FlagMaxArtifactFiles)
+		return false
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		r.protoErr("save %s: %v", path, err)
+		return false
+	}
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|flag, 0o644)
+	if err != nil {
+		r.protoErr("save %s: %v", path, err)
+		return false
 	}
 	r.artFiles++
 	r.artifact, r.artName = out, f.Name
-	r.res.Files = append(r.res.Files, name)
 	r.writeArtifact(f.Payload)
+	return true
 }
 
 func (r *resultReader) writeArtifact(p []byte) {

@@ -254,3 +254,38 @@ func TestResultReaderCutShort(t *testing.T) {
 	assert.Contains(t, rr.stage(), "while running a")
 	assert.Contains(t, rr.stage(), "cut short")
 }
+
+// TestResultReaderOutputFiles: files a command wrote for the host (profiles,
+// coverage) land where the job asked, and nowhere else.
+func TestResultReaderOutputFiles(t *testing.T) {
+	sandbox := t.TempDir()
+	prof, covdir := filepath.Join(sandbox, "w", "cpu.out"), filepath.Join(sandbox, "w", "gocoverdir")
+	require.NoError(t, os.MkdirAll(filepath.Dir(prof), 0o755))
+	require.NoError(t, os.WriteFile(prof, []byte("old profile"), 0o644))
+	opts := Options{Limits: Limits{}, Commands: []Command{{ID: "a", Outputs: []Output{{Host: prof}, {Host: covdir, Dir: true}}}}}
+	run := func(fs ...proto.Frame) *Result {
+		res := &Result{OutDir: filepath.Join(sandbox, "out"), Commands: []CommandResult{{ID: "a"}}}
+		require.NoError(t, os.MkdirAll(res.OutDir, 0o755))
+		rr := newResultReader(res, opts, testKey, &splatScanner{}, time.Now())
+		all := append([]proto.Frame{hello(), {Type: proto.TypeStart, Name: "a"}}, fs...)
+		rr.read(bytes.NewReader(frames(t, append(all, exitFrame("a", 0), proto.Frame{Type: proto.TypeDone})...)))
+		rr.finish()
+		return res
+	}
+	res := run(
+		proto.Frame{Type: proto.TypeOutFile, Name: "0", Payload: []byte("new ")},
+		proto.Frame{Type: proto.TypeFileMore, Name: "0", Payload: []byte("profile")},
+		proto.Frame{Type: proto.TypeOutFile, Name: "1/" + proto.EscapeName("covmeta.1"), Payload: []byte("meta")},
+		proto.Frame{Type: proto.TypeOutFile, Name: "1/" + proto.EscapeName("sub/covcounters.1"), Payload: []byte("counters")})
+	assert.Empty(t, res.ProtocolErrors)
+	for p, want := range map[string]string{prof: "new profile", filepath.Join(covdir, "covmeta.1"): "meta", filepath.Join(covdir, "sub", "covcounters.1"): "counters"} {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.Equal(t, want, string(b))
+	}
+	for _, name := range []string{"2", "0/x", "1", "1/" + proto.EscapeName("../../escape"), "x"} {
+		res := run(proto.Frame{Type: proto.TypeOutFile, Name: name, Payload: []byte("x")})
+		assert.NotEmpty(t, res.ProtocolErrors, name)
+	}
+	assert.NoFileExists(t, filepath.Join(sandbox, "escape"))
+}

@@ -38,6 +38,16 @@ type Command struct {
 	Args   []string
 	// Dir is the working directory in the guest ("/" when empty).
 	Dir string
+	// Outputs are files the command writes that are copied back to the
+	// host when it finishes (a coverage profile...).
+	Outputs []Output
+}
+
+// Output is a file (or a directory of files) a command writes in the guest
+// at Guest, copied to Host when it finishes.
+type Output struct {
+	Guest, Host string
+	Dir         bool
 }
 
 // Options configures Run.
@@ -328,7 +338,11 @@ func writeImage(dst string, opts Options, key []byte) error {
 		}
 		guest := guestBinDir + "/" + c.ID
 		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
-		job.Commands = append(job.Commands, proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir})
+		pc := proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir}
+		for _, o := range c.Outputs {
+			pc.Outputs = append(pc.Outputs, proto.Output{Path: o.Guest, Dir: o.Dir})
+		}
+		job.Commands = append(job.Commands, pc)
 	}
 	for _, m := range opts.Modules {
 		data, err := kernels.ReadModule(m.Host)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/skbstore/vmtest/images"
@@ -68,10 +69,12 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	outputs, env := testOutputs(binArgs, cwd, os.Getenv)
 	opts := vmtest.Options{
 		Kernel:    p.kernel.Image,
 		BaseImage: p.base,
-		Commands:  []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd}},
+		Commands:  []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd, Outputs: outputs}},
+		Env:       env,
 		Modules:   p.modules,
 		Files:     files,
 		OutDir:    outDir,
@@ -117,6 +120,67 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// fileFlags are the testing package's flags naming a file it writes.
+var fileFlags = map[string]bool{"coverprofile": true, "cpuprofile": true, "memprofile": true,
+	"blockprofile": true, "mutexprofile": true, "trace": true}
+
+// guestEnvVars are the host's environment variables the binary sees in the
+// guest too: the ones go test sets for it and the Go runtime's own.
+var guestEnvVars = []string{"GOCOVERDIR", "GODEBUG", "GOTRACEBACK", "GOMAXPROCS", "GOGC", "GOMEMLIMIT"}
+
+// testOutputs finds the files a test binary's arguments ask it to write
+// (profiles, coverage, -test.outputdir for relative names, the coverage
+// directory), so that they come back to the same host paths, as go test
+// expects; and the environment the binary inherits from go test.
+func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtest.Output, []string) {
+	vals := map[string]string{}
+	var files []string
+	for i := 0; i < len(args); i++ {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		if !strings.HasPrefix(args[i], "-") || !strings.HasPrefix(name, "test.") {
+			continue
+		}
+		name = strings.TrimPrefix(name, "test.")
+		if !fileFlags[name] && name != "outputdir" && name != "gocoverdir" {
+			continue
+		}
+		if !hasVal && i+1 < len(args) {
+			i++
+			val = args[i]
+		}
+		vals[name] = val
+		if fileFlags[name] && val != "" {
+			files = append(files, val)
+		}
+	}
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return filepath.Clean(p)
+		}
+		return filepath.Join(cwd, p)
+	}
+	var outs []vmtest.Output
+	for _, f := range files {
+		// As the testing package does: relative names are in -test.outputdir.
+		if !filepath.IsAbs(f) && vals["outputdir"] != "" {
+			f = filepath.Join(vals["outputdir"], f)
+		}
+		outs = append(outs, vmtest.Output{Guest: abs(f), Host: abs(f)})
+	}
+	var env []string
+	for _, k := range guestEnvVars {
+		if v := getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	for _, d := range []string{vals["gocoverdir"], getenv("GOCOVERDIR")} {
+		if d != "" && !slices.ContainsFunc(outs, func(o vmtest.Output) bool { return o.Dir && o.Host == abs(d) }) {
+			outs = append(outs, vmtest.Output{Guest: abs(d), Host: abs(d), Dir: true})
+		}
+	}
+	return outs, env
 }
 
 // guestFiles is what the guest gets besides the binary: the files of the Go

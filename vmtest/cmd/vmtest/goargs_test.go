@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/skbstore/vmtest/vmtest"
 )
 
 func TestSplitGoTestArgs(t *testing.T) {
@@ -49,4 +51,26 @@ func TestKernelTag(t *testing.T) {
 		assert.Equal(t, len(l), n)
 	}
 	assert.Equal(t, `{"Kernel":"6.1","Action":"run","Test":"TestX"}`+"\n"+`{"Kernel":"6.1"}`+"\nnot json\n", b.String())
+}
+
+func TestTestOutputs(t *testing.T) {
+	// What go 1.26 passes to a test binary for
+	// go test -coverprofile=/tmp/ex/cov.out -cpuprofile=cpu.out -memprofile=/tmp/ex/mem.out -trace=tr.out
+	args := []string{"-test.paniconexit0", "-test.gocoverdir=/tmp/go-build1/b001/gocoverdir", "-test.timeout=10m0s",
+		"-test.outputdir=/tmp/bf", "-test.coverprofile=/tmp/go-build1/b001/_cover_.out", "-test.cpuprofile=cpu.out",
+		"-test.memprofile=/tmp/ex/mem.out", "-test.trace", "tr.out", "-test.v=test2json", "-args", "-test.blockprofile=rel/b.out"}
+	env := map[string]string{"GOCOVERDIR": "/tmp/go-build1/b001/gocoverdir", "GODEBUG": "x=1", "HOME": "/root"}
+	outs, genv := testOutputs(args, "/src/pkg", func(k string) string { return env[k] })
+	assert.Equal(t, []vmtest.Output{
+		{Guest: "/tmp/go-build1/b001/_cover_.out", Host: "/tmp/go-build1/b001/_cover_.out"},
+		{Guest: "/tmp/bf/cpu.out", Host: "/tmp/bf/cpu.out"},
+		{Guest: "/tmp/ex/mem.out", Host: "/tmp/ex/mem.out"},
+		{Guest: "/tmp/bf/tr.out", Host: "/tmp/bf/tr.out"},
+		{Guest: "/tmp/bf/rel/b.out", Host: "/tmp/bf/rel/b.out"},
+		{Guest: "/tmp/go-build1/b001/gocoverdir", Host: "/tmp/go-build1/b001/gocoverdir", Dir: true},
+	}, outs)
+	assert.Equal(t, []string{"GOCOVERDIR=/tmp/go-build1/b001/gocoverdir", "GODEBUG=x=1"}, genv)
+
+	outs, _ = testOutputs([]string{"-test.cpuprofile=cpu.out"}, "/src/pkg", func(string) string { return "" })
+	assert.Equal(t, []vmtest.Output{{Guest: "/src/pkg/cpu.out", Host: "/src/pkg/cpu.out"}}, outs, "relative to the working directory without -test.outputdir")
 }

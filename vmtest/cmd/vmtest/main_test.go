@@ -345,3 +345,30 @@ func TestFiles(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(out), "1 passed, 0 failed, 0 skipped")
 }
+
+// TestProfilesComeHome: what go test asks the binary to write in the guest
+// (a coverage profile, a CPU profile relative to -outputdir, the coverage
+// directory) comes back where go test looks for it, so that go tool cover
+// and go tool pprof read it as without a VM.
+func TestProfilesComeHome(t *testing.T) {
+	out := t.TempDir()
+	cov, cpu := filepath.Join(out, "cov.out"), filepath.Join(out, "cpu.out")
+	_, _, code := runVMTest(t, "run", "-results", t.TempDir(), "--", "go", "test", "./vmtest/testdata/sample",
+		"-run", "^TestPass$", "-coverprofile="+cov, "-outputdir="+out, "-cpuprofile=cpu.out")
+	require.Equal(t, 0, code)
+	b, err := os.ReadFile(cov)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(b), "mode: "), "coverage profile: %.80q", b)
+	ct := exec.Command("go", "tool", "cover", "-func="+cov)
+	ct.Dir = repoRoot
+	funcs, err := ct.CombinedOutput()
+	require.NoError(t, err, "%s", funcs)
+	assert.Contains(t, string(funcs), "total:")
+	st, err := os.Stat(cpu)
+	require.NoError(t, err, "the CPU profile came back")
+	assert.Greater(t, st.Size(), int64(0))
+	pp := exec.Command("go", "tool", "pprof", "-top", cpu)
+	pp.Dir = repoRoot
+	top, err := pp.CombinedOutput()
+	require.NoError(t, err, "%s", top)
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -281,6 +282,15 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	if err := os.MkdirAll(cmd.Dir, 0o755); err != nil {
 		a.logf("create working directory %s: %v", cmd.Dir, err)
 	}
+	for _, o := range c.Outputs {
+		dir := o.Path
+		if !o.Dir {
+			dir = filepath.Dir(o.Path)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			a.logf("create directory for output %s: %v", o.Path, err)
+		}
+	}
 	_ = a.w.WriteFrame(proto.TypeStart, c.ID, nil)
 	cmd.Env = append(os.Environ(), "VMTEST_GUEST=1", "VMTEST_ARTIFACTS="+artifacts, "HOME=/tmp", "TMPDIR=/tmp")
 	cmd.Env = append(cmd.Env, env...)
@@ -308,6 +318,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 		ex.Error = cmd.ProcessState.String()
 	}
 	a.sendArtifacts(c.ID, artifacts)
+	a.sendOutputs(c.Outputs)
 	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)
@@ -357,14 +368,44 @@ func (a *agent) sendArtifacts(id, dir string) {
 			a.faultf("artifacts over the cap of %d files per boot (-max-artifact-files): %s and the rest not sent", a.limits.ArtifactFiles, rel)
 			return filepath.SkipAll
 		}
-		return a.sendArtifact(p, rel)
+		return a.sendFile(proto.TypeFile, proto.EscapeName(rel), p)
 	})
 	if err != nil {
 		a.faultf("send artifacts of %s: %v", id, err)
 	}
 }
 
-func (a *agent) sendArtifact(path, rel string) error {
+// sendOutputs sends the files the command wrote for the host. One that is
+// not there is not sent: the host then has none either, as go test would.
+func (a *agent) sendOutputs(outputs []proto.Output) {
+	for i, o := range outputs {
+		if !o.Dir {
+			if st, err := os.Stat(o.Path); err == nil && st.Mode().IsRegular() {
+				if err := a.sendFile(proto.TypeOutFile, strconv.Itoa(i), o.Path); err != nil {
+					a.faultf("send output %s: %v", o.Path, err)
+				}
+			}
+			continue
+		}
+		err := filepath.WalkDir(o.Path, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			rel, err := filepath.Rel(o.Path, p)
+			if err != nil {
+				return err
+			}
+			return a.sendFile(proto.TypeOutFile, strconv.Itoa(i)+"/"+proto.EscapeName(rel), p)
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			a.faultf("send output %s: %v", o.Path, err)
+		}
+	}
+}
+
+// sendFile streams the file at path in frames of type typ (then
+// TypeFileMore) named name, within the caps on artifacts.
+func (a *agent) sendFile(typ, name, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -376,13 +417,15 @@ func (a *agent) sendArtifact(path, rel string) error {
 	}
 	size := st.Size()
 	if a.limits.ArtifactBytes > 0 && a.artBytes+size > a.limits.ArtifactBytes {
-		a.faultf("artifact %s: %d bytes would go over the cap of %d bytes of artifacts per boot (-max-artifacts), not sent", rel, size, a.limits.ArtifactBytes)
+		a.faultf("artifact %s: %d bytes would go over the cap of %d bytes of artifacts per boot (-max-artifacts), not sent", path, size, a.limits.ArtifactBytes)
+		return nil
+	}
+	if a.limits.ArtifactFiles > 0 && a.artFiles >= a.limits.ArtifactFiles {
+		a.faultf("files over the cap of %d per boot (-max-artifact-files): %s not sent", a.limits.ArtifactFiles, path)
 		return nil
 	}
 	a.artFiles++
 	a.artBytes += size
-	name := proto.EscapeName(rel)
-	typ := proto.TypeFile
 	buf := make([]byte, min(size, artifactPiece))
 	// What the file held when it was measured: one that grows meanwhile
 	// cannot go past its share of the cap.

@@ -60,6 +60,17 @@ type Command struct {
 	Args []string `json:"args,omitempty"`
 	// Dir is the working directory; "/" when empty.
 	Dir string `json:"dir,omitempty"`
+	// Outputs are files the command writes that go back to the host
+	// (profiles, coverage): the agent makes their directories before the
+	// command runs and sends them after it, as TypeOutFile frames named
+	// after their index here.
+	Outputs []Output `json:"outputs,omitempty"`
+}
+
+// Output is a file, or a directory of files, a command writes for the host.
+type Output struct {
+	Path string `json:"path"`
+	Dir  bool   `json:"dir,omitempty"`
 }
 
 // Hello is the payload of a TypeHello frame.
@@ -100,6 +111,13 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	for _, c := range j.Commands {
 		e.put("cmd", c.ID, c.Path, c.Dir, strconv.Itoa(len(c.Args)))
 		e.put(c.Args...)
+		for _, o := range c.Outputs {
+			kind := "file"
+			if o.Dir {
+				kind = "dir"
+			}
+			e.put("output", kind, o.Path)
+		}
 	}
 	return e.bytes()
 }
@@ -146,6 +164,13 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 				c.Args = append(c.Args, d.next())
 			}
 			j.Commands = append(j.Commands, c)
+		case "output":
+			kind, path := d.next(), d.next()
+			if len(j.Commands) == 0 || kind != "file" && kind != "dir" {
+				return fmt.Errorf("job: bad output %q %q", kind, path)
+			}
+			c := &j.Commands[len(j.Commands)-1]
+			c.Outputs = append(c.Outputs, Output{Path: path, Dir: kind == "dir"})
 		default:
 			return fmt.Errorf("job: unknown entry %q", tag)
 		}

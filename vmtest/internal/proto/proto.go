@@ -61,7 +61,8 @@ const (
 	TypeOutput   = "out"   // raw stdout/stderr bytes of command <name>
 	TypeExit     = "exit"  // Exit: command <name> finished
 	TypeFile     = "file"  // the first piece of an artifact; name is its path-escaped relative path
-	TypeFileMore = "more"  // the next piece of the artifact named, which the previous frame carried
+	TypeFileMore = "more"  // the next piece of the file named, which the previous frame carried
+	TypeOutFile  = "ofile" // the first piece of a command's output file: name is "<index>" or "<index>/<escaped path>" in a directory output
 	TypeDmesg    = "dmesg" // a piece of the guest kernel log, streamed in order
 	TypeLog      = "log"   // a message of the agent itself, for information
 	TypeFault    = "fault" // a problem of the guest set-up that fails the run (a module did not load...)
