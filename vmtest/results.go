@@ -147,7 +147,11 @@ func (r *resultReader) handle(f proto.Frame) {
 		r.protoErr("frame %s %.80q before the agent's hello", f.Type, f.Name)
 		return
 	}
-	if f.Type != proto.TypeFileMore {
+	switch f.Type {
+	case proto.TypeFile, proto.TypeOutFile, proto.TypeStart, proto.TypeExit, proto.TypeDone:
+		// The file being received is complete. Kernel log and agent
+		// messages come from other goroutines of the agent and may fall
+		// between its pieces.
 		r.closeArtifact()
 	}
 	switch f.Type {

@@ -78,6 +78,7 @@ func TestResultReaderAcceptsAGoodRun(t *testing.T) {
 		proto.Frame{Type: proto.TypeStart, Name: "a"},
 		proto.Frame{Type: proto.TypeOutput, Name: "a", Payload: []byte("--- PASS: TestX\nPASS\n")},
 		proto.Frame{Type: proto.TypeFile, Name: proto.EscapeName("a/dir/x y.json"), Payload: []byte("{")},
+		proto.Frame{Type: proto.TypeDmesg, Payload: []byte("[ 0.9] streamed meanwhile\n")},
 		proto.Frame{Type: proto.TypeFileMore, Name: proto.EscapeName("a/dir/x y.json"), Payload: []byte("}")},
 		exitFrame("a", 0),
 		proto.Frame{Type: proto.TypeDmesg, Payload: []byte("[ 1.0] hello\n[ 1.1] WARNING: CPU: 0 PID: 1 at x.c:1 f\n")},
