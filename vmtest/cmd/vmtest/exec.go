@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/u-root/u-root/pkg/ldd"
+
 	"github.com/skbstore/vmtest/images"
 	"github.com/skbstore/vmtest/vmtest"
 	"github.com/skbstore/vmtest/vmtest/internal/slots"
@@ -30,7 +32,8 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 			"console lines and exits 1. The binary runs in the same working directory as on the host,\n"+
 			"with the files of its Go module (the directory holding go.mod above it, links followed)\n"+
 			"at the same paths, and the kernel's config as /boot/config-$(uname -r).\n"+
-			"Made for go test: CGO_ENABLED=0 go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
+			"A dynamically linked binary (cgo, -race) gets its ELF interpreter and libraries from the host.\n"+
+			"Made for go test: go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -47,7 +50,8 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		return 2, errUsage
 	}
 	bin, binArgs := fs.Arg(0), fs.Args()[1:]
-	if err := checkStatic(bin); err != nil {
+	libs, err := sharedLibraries(bin)
+	if err != nil {
 		return 1, err
 	}
 	p, err := prepare(ctx, &f, os.Stderr)
@@ -70,6 +74,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		return 1, err
 	}
 	outputs, env := testOutputs(binArgs, cwd, os.Getenv)
+	files = append(files, libs...)
 	opts := vmtest.Options{
 		Kernel:    p.kernel.Image,
 		BaseImage: p.base,
@@ -353,17 +358,32 @@ func reportExec(w io.Writer, res *vmtest.Result, kernel string) int {
 	return code
 }
 
-// checkStatic refuses dynamically linked binaries: the guest has no libc.
-func checkStatic(path string) error {
+// sharedLibraries returns what a dynamically linked binary (cgo, -race)
+// needs in the guest, which has no C library of its own: its ELF
+// interpreter and the libraries it loads, from the host, at the paths the
+// loader looks for them. A static binary needs none.
+func sharedLibraries(path string) ([]images.File, error) {
 	ef, err := elf.Open(path)
 	if err != nil {
-		return fmt.Errorf("%s: not an executable for the guest: %w", path, err)
+		return nil, fmt.Errorf("%s: not an executable for the guest: %w", path, err)
 	}
-	defer ef.Close()
+	dynamic := false
 	for _, p := range ef.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; the guest has no C library: build it with CGO_ENABLED=0", path)
-		}
+		dynamic = dynamic || p.Type == elf.PT_INTERP
 	}
-	return nil
+	ef.Close()
+	if !dynamic {
+		return nil, nil
+	}
+	libs, err := ldd.List(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s is dynamically linked and its libraries could not be listed (%w); build it with CGO_ENABLED=0", path, err)
+	}
+	var files []images.File
+	for _, l := range libs {
+		// At the name the loader asks for, with the content of what
+		// that name links to on the host.
+		files = append(files, images.File{Guest: l, Host: l, Mode: 0o755})
+	}
+	return files, nil
 }

@@ -21,7 +21,8 @@ const usage = `vmtest runs Go tests inside Linux kernels under QEMU.
 
 Usage:
   vmtest run [flags] [-- go test [packages] [go test flags]]
-      Builds the test binaries on the host (CGO_ENABLED=0), boots the kernel once
+      Builds the test binaries on the host (CGO_ENABLED=0 unless set, or -race,
+      whose binaries get their C libraries from the host), boots the kernel once
       per package with an initramfs (built with u-root) holding the test binary
       and vmtest's guest agent as /init, runs the binary as root in the guest
       and prints each test's result, then "N passed, N failed, N skipped". Exits 0
@@ -37,7 +38,7 @@ Usage:
   vmtest exec [flags] TESTBINARY [ARGS...]
       Boots the kernel and runs one static binary in the guest, streaming its
       output and exiting with its status. Made for go test's -exec flag:
-          CGO_ENABLED=0 go test -exec "vmtest exec -kernel 6.1" ./pkg
+          go test -exec "vmtest exec -kernel 6.1" ./pkg
 
   vmtest kernels [-fetch VERSION]
       Lists the kernel versions that can be fetched and those already cached;

@@ -245,7 +245,6 @@ func TestBadInputFailsFast(t *testing.T) {
 		{"garbage kernel", []string{"run", "-kernel", "six", "--", "go", "test", "./vmtest/testdata/sample"}, "six"},
 		{"unknown suite", []string{"run", "-suites", "nosuch", "--", "go", "test", "./vmtest/..."}, "no suite named nosuch"},
 		{"not go test", []string{"run", "--", "make", "x"}, "go test"},
-		{"dynamic binary", []string{"exec", "/bin/true"}, "CGO_ENABLED=0"},
 		{"no CPUs", []string{"run", "-cpus", "0", "--", "go", "test", "./vmtest/testdata/sample"}, "-cpus 0"},
 		{"no memory", []string{"exec", "-memory", "0", "/bin/true"}, "-memory 0"},
 		{"negative timeout", []string{"run", "-timeout", "-1s", "--", "go", "test", "./vmtest/testdata/sample"}, "-timeout -1s"},
@@ -371,4 +370,16 @@ func TestProfilesComeHome(t *testing.T) {
 	pp.Dir = repoRoot
 	top, err := pp.CombinedOutput()
 	require.NoError(t, err, "%s", top)
+}
+
+// TestDynamicBinaries: a -race test binary (dynamically linked, cgo) runs in
+// the guest with the host's C library, and so does a plain C program.
+func TestDynamicBinaries(t *testing.T) {
+	stdout, _, code := runVMTest(t, "run", "-results", t.TempDir(), "--", "go", "test", "-race", "./vmtest/testdata/sample", "-run", "^TestPass$", "-v")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, stdout, "1 passed, 0 failed, 0 skipped")
+	_, _, code = runVMTest(t, "exec", "-results", t.TempDir(), "/bin/false")
+	assert.Equal(t, 1, code, "/bin/false ran in the guest and failed")
+	_, _, code = runVMTest(t, "exec", "-results", t.TempDir(), "/bin/true")
+	assert.Equal(t, 0, code, "/bin/true ran in the guest")
 }

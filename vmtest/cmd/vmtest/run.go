@@ -233,7 +233,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	goArgs = append(goArgs, pkgs...)
 	goArgs = append(goArgs, m.binArgs...)
 	cmd := exec.Command("go", goArgs...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+m.cgo(), "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
 	cmd.Stderr = os.Stderr
 	// A process group of its own, so that stopping the run reaches go test
 	// and every vmtest exec under it however the signal came.
@@ -320,6 +320,21 @@ func (k *kernelTag) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// cgo is the CGO_ENABLED go test builds with: as the user set it, 1 for
+// -race (which needs cgo), else 0: a static binary needs no libraries in the
+// guest and makes a smaller image.
+func (m *matrix) cgo() string {
+	if v := os.Getenv("CGO_ENABLED"); v != "" {
+		return v
+	}
+	for _, f := range m.testFlags {
+		if f == "-race" || f == "--race" || f == "-race=true" || f == "--race=true" {
+			return "1"
+		}
+	}
+	return "0"
 }
 
 type lockedWriter struct {
