@@ -148,6 +148,11 @@ func TestTreeFollowsLinks(t *testing.T) {
 
 	_, _, err = Tree(root, TreeOptions{SkipDirs: []string{".git", "vmtest-results"}, MaxBytes: 10})
 	assert.ErrorIs(t, err, ErrTooBig)
+
+	one, size, err := Tree(filepath.Join(root, "testdata", "loader-el.elf"), TreeOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, []File{{Guest: filepath.Join(root, "testdata", "loader-el.elf"), Host: filepath.Join(root, "testdata", "loader-el.elf"), Mode: 0o644}}, one)
+	assert.Equal(t, int64(3), size)
 }
 
 // TestBaseIsCached builds the real base image with u-root and checks that a

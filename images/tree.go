@@ -22,7 +22,8 @@ type TreeOptions struct {
 // ErrTooBig is returned by Tree when the files are larger than MaxBytes.
 var ErrTooBig = errors.New("too large for the guest image")
 
-// Tree returns Files for everything under the host directory root, each at
+// Tree returns Files for everything under the host directory root (or the
+// file root), each at
 // the same absolute path in the guest, as a program running there in root
 // would see it: symbolic links are followed (a link to a file becomes that
 // file; a link to a directory, that directory's files), so that a test
@@ -40,10 +41,33 @@ func Tree(root string, opts TreeOptions) ([]File, int64, error) {
 	for _, p := range opts.SkipPaths {
 		t.skipPath[filepath.Clean(p)] = true
 	}
+	info, err := os.Stat(root)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !info.IsDir() {
+		// A single file (say a program tests read symbols from).
+		if err := t.add(root, root, info); err != nil {
+			return nil, t.size, err
+		}
+		return t.files, t.size, nil
+	}
 	if err := t.walk(root, root, 0); err != nil {
 		return nil, t.size, err
 	}
 	return t.files, t.size, nil
+}
+
+func (t *tree) add(host, guest string, info os.FileInfo) error {
+	if !info.Mode().IsRegular() {
+		return nil
+	}
+	t.size += info.Size()
+	if t.opts.MaxBytes > 0 && t.size > t.opts.MaxBytes {
+		return fmt.Errorf("%w: more than %d bytes (at %s)", ErrTooBig, t.opts.MaxBytes, host)
+	}
+	t.files = append(t.files, File{Guest: guest, Host: host, Mode: info.Mode().Perm()})
+	return nil
 }
 
 type tree struct {
@@ -98,12 +122,10 @@ func (t *tree) walk(dir, guest string, links int) error {
 			if err := t.walk(host, g, depth); err != nil {
 				return err
 			}
-		case info.Mode().IsRegular():
-			t.size += info.Size()
-			if t.opts.MaxBytes > 0 && t.size > t.opts.MaxBytes {
-				return fmt.Errorf("%w: more than %d bytes (at %s)", ErrTooBig, t.opts.MaxBytes, host)
+		default:
+			if err := t.add(host, g, info); err != nil {
+				return err
 			}
-			t.files = append(t.files, File{Guest: g, Host: host, Mode: info.Mode().Perm()})
 		}
 	}
 	return nil
