@@ -47,7 +47,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel version to boot (5.10, 6.1, 6.12, 7.2, 7.3) or a path to a bzImage")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
-	fs.IntVar(&f.cpus, "cpus", 1, "guest CPUs")
+	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one boot, from QEMU start to power-off")
 	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
 	fs.StringVar(&f.results, "results", "", "directory to keep results in")
