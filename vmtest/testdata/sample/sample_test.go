@@ -137,7 +137,7 @@ func TestGuestSetup(t *testing.T) {
 			mounts[f[1]] = f[2]
 		}
 	}
-	want := map[string]string{"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/tmp": "tmpfs",
+	want := map[string]string{"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs",
 		"/sys/fs/bpf": "bpf", "/sys/kernel/tracing": "tracefs", "/sys/kernel/debug": "debugfs"}
 	if comm, _ := os.ReadFile("/proc/1/comm"); strings.TrimSpace(string(comm)) == "vmtest-guest" {
 		// The agent as PID 1 mounts cgroup v2; u-root's init mounts v1.
@@ -147,6 +147,16 @@ func TestGuestSetup(t *testing.T) {
 		if mounts[dir] != fs {
 			t.Errorf("%s: mounted %q, want %s", dir, mounts[dir], fs)
 		}
+	}
+	// /tmp is the root file system's own (a tmpfs over it would hide files
+	// the host put there), writable by all as on a host.
+	if st, err := os.Stat("/tmp"); err != nil {
+		t.Error(err)
+	} else if !st.IsDir() || st.Mode()&os.ModeSticky == 0 || st.Mode().Perm() != 0o777 {
+		t.Errorf("/tmp: mode %v, want a directory with mode 1777", st.Mode())
+	}
+	if err := os.WriteFile("/tmp/vmtest-sample", []byte("x"), 0o644); err != nil {
+		t.Error(err)
 	}
 	ifr, err := unix.NewIfreq("lo")
 	if err != nil {
