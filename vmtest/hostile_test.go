@@ -94,14 +94,7 @@ func TestHostileGuest(t *testing.T) {
 			require.NoError(t, err)
 			t.Logf("verdict: %v", res.Err())
 			tt.check(t, res, target)
-			var outside []string
-			_ = filepath.WalkDir(sandbox, func(p string, d fs.DirEntry, err error) error {
-				if err == nil && !d.IsDir() && !strings.HasPrefix(p, out+string(filepath.Separator)) {
-					outside = append(outside, p)
-				}
-				return nil
-			})
-			assert.Empty(t, outside, "files outside the results directory")
+			assert.Empty(t, vmtest.FilesOutside(t, sandbox, out), "files outside the results directory")
 		})
 	}
 }

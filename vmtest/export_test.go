@@ -1,0 +1,4 @@
+package vmtest
+
+// FilesOutside is filesOutside for the external tests.
+var FilesOutside = filesOutside
