@@ -51,6 +51,10 @@ type BaseOptions struct {
 	// requires it. Empty means $VMTEST_SRC, else the current directory's
 	// module if it provides this project, else an error that says so.
 	SourceDir string
+	// Self, when set, is a program that acts as the agent when it runs as
+	// PID 1 (the vmtest program itself): without a source to build from,
+	// the base image is made of it instead of failing.
+	Self string
 	// Progress receives a line per long step; nil discards.
 	Progress io.Writer
 	// Init picks the guest's PID 1: InitAgent (default) makes the agent
@@ -80,7 +84,10 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	src, err := SourceDir(ctx, opts.SourceDir)
 	if err != nil {
-		return "", fmt.Errorf("base image: %w", err)
+		if opts.Self == "" || opts.Init == InitURoot {
+			return "", fmt.Errorf("base image: %w", err)
+		}
+		return selfBase(opts, progress)
 	}
 	// The agent alone: u-root's init is not needed, and every megabyte of
 	// image costs about 10 ms of unpacking under software emulation.

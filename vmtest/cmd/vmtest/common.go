@@ -227,7 +227,7 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 		p.base = b
 		return p, nil
 	}
-	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress, Init: f.init})
+	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress, Init: f.init, Self: selfPath()})
 	if err != nil {
 		return nil, err
 	}
@@ -254,4 +254,14 @@ func cacheDir() (string, error) {
 		return "", err
 	}
 	return c.Dir, nil
+}
+
+// selfPath is this program, which can be the guest agent when vmtest runs
+// without its source (installed with go install); "" if unknown.
+func selfPath() string {
+	p, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return p
 }

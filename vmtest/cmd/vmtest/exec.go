@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"debug/elf"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,8 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-
-	"github.com/u-root/u-root/pkg/ldd"
 
 	"github.com/skbstore/vmtest/images"
 	"github.com/skbstore/vmtest/vmtest"
@@ -50,7 +47,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		return 2, errUsage
 	}
 	bin, binArgs := fs.Arg(0), fs.Args()[1:]
-	libs, err := sharedLibraries(bin)
+	libs, err := images.SharedLibraries(bin)
 	if err != nil {
 		return 1, err
 	}
@@ -356,34 +353,4 @@ func reportExec(w io.Writer, res *vmtest.Result, kernel string) int {
 		code = max(code, 1)
 	}
 	return code
-}
-
-// sharedLibraries returns what a dynamically linked binary (cgo, -race)
-// needs in the guest, which has no C library of its own: its ELF
-// interpreter and the libraries it loads, from the host, at the paths the
-// loader looks for them. A static binary needs none.
-func sharedLibraries(path string) ([]images.File, error) {
-	ef, err := elf.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not an executable for the guest: %w", path, err)
-	}
-	dynamic := false
-	for _, p := range ef.Progs {
-		dynamic = dynamic || p.Type == elf.PT_INTERP
-	}
-	ef.Close()
-	if !dynamic {
-		return nil, nil
-	}
-	libs, err := ldd.List(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s is dynamically linked and its libraries could not be listed (%w); build it with CGO_ENABLED=0", path, err)
-	}
-	var files []images.File
-	for _, l := range libs {
-		// At the name the loader asks for, with the content of what
-		// that name links to on the host.
-		files = append(files, images.File{Guest: l, Host: l, Mode: 0o755})
-	}
-	return files, nil
 }

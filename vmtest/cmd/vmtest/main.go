@@ -14,7 +14,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+
+	"github.com/skbstore/vmtest/vmtest/internal/guest"
 )
 
 const usage = `vmtest runs Go tests inside Linux kernels under QEMU.
@@ -65,6 +68,11 @@ Run "vmtest run -h", "vmtest exec -h" or "vmtest bench -h" for flags.
 `
 
 func main() {
+	// In a guest whose image was made of this program (no source to build
+	// the agent from, see images.BaseOptions.Self), it is the agent.
+	if os.Getpid() == 1 || filepath.Base(os.Args[0]) == "vmtest-guest" {
+		guest.Main()
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

@@ -284,9 +284,10 @@ func TestEverySkippedFails(t *testing.T) {
 }
 
 // TestForeignModuleUnderTmp runs the tests of a module that lives under /tmp,
-// as a checkout there would: its test reads a testdata file through a link
-// and from a parent directory, the kernel's config where tests look for it,
-// and writes to the temporary directory; all as plain go test would let it.
+// as a checkout there would, with no source of vmtest at hand (as after go
+// install): its test reads a testdata file through a link and from a parent
+// directory, the kernel's config where tests look for it, and writes to the
+// temporary directory; all as plain go test would let it.
 func TestForeignModuleUnderTmp(t *testing.T) {
 	bin := vmtestBin(t)
 	mod := t.TempDir()
@@ -336,9 +337,9 @@ func TestFiles(t *testing.T) {
 `)
 	cmd := exec.Command(bin, "run", "-kernel", "6.1", "-results", t.TempDir(), "--", "go", "test", "./...")
 	cmd.Dir = mod
-	src, err := filepath.Abs(repoRoot)
-	require.NoError(t, err)
-	cmd.Env = append(os.Environ(), "VMTEST_SRC="+src) // the guest agent's source, until vmtest embeds it
+	// No source of vmtest around: the vmtest program itself is the agent,
+	// as for one installed with go install.
+	cmd.Env = append(os.Environ(), "VMTEST_SRC=")
 	out, err := cmd.CombinedOutput()
 	t.Logf("%s", out)
 	require.NoError(t, err)
