@@ -6,7 +6,7 @@
 //   - the base: the vmtest guest agent as /init (or, with InitURoot, u-root's
 //     init starting the agent), built with u-root's image builder as a
 //     library and cached by the hash of their sources, so a second run does
-//     not rebuild;
+//     not rebuild; without sources, the vmtest program itself as the agent;
 //   - the overlay: what one run needs (the job, its test binaries, kernel
 //     modules, testdata), written fresh for every run.
 package images
