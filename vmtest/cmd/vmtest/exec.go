@@ -213,6 +213,14 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 			return nil, fmt.Errorf("files for the guest under %s: %w", r, err)
 		}
 		files = append(files, fs...)
+		if len(fs) == 1 && fs[0].Host == r {
+			// A program named by -share (say /bin/bash, for a test that
+			// runs it) gets its C libraries too.
+			libs, err := images.SharedLibraries(r)
+			if err == nil {
+				files = append(files, libs...)
+			}
+		}
 		if total += size; total > int64(f.shareLimit) {
 			return nil, fmt.Errorf("files for the guest: %d bytes in %s, over -share-limit %s", total, strings.Join(roots, ", "), f.shareLimit.String())
 		}
