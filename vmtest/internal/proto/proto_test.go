@@ -219,6 +219,11 @@ func FuzzReader(f *testing.F) {
 	f.Add(encode(f, Frame{Type: TypeOutput, Name: "x", Payload: []byte("payload\n")}))
 	f.Add(encode(f, Frame{Type: TypeHello}, Frame{Type: TypeExit, Name: "x", Payload: []byte("code\x000\x00")}, Frame{Type: TypeDone}))
 	f.Add([]byte(Magic + "out x 0 3 " + strings.Repeat("0", 32) + " " + strings.Repeat("0", 32) + "\nab"))
+	// The attacks of vmtest/testdata/hostile: frames under another key, a
+	// header announcing a whole MaxPayload, first-format frames.
+	f.Add(concat(encode(f, Frame{Type: TypeHello}), encodeWith(f, NewWriter(nil, otherKey), Frame{Type: TypeExit, Name: "t", Payload: []byte("code\x000\x00")}, Frame{Type: TypeDone})))
+	f.Add([]byte(fmt.Sprintf("%sout t 1 %d %s %s\n", Magic, MaxPayload, strings.Repeat("a", 32), strings.Repeat("b", 32))))
+	f.Add([]byte("@VMT1 exit hostile 8 00000000\ncode\x000\x00\n@VMT1 out ../../../../tmp/x 2 00000000\nx\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := NewReader(bytes.NewReader(data), testKey)
 		for i := 0; i < len(data)+2; i++ {
