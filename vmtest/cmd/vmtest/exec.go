@@ -199,7 +199,9 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 	}
 	opts := images.TreeOptions{SkipDirs: []string{".git", ".hg", ".svn", "vmtest-results"}, MaxBytes: int64(f.shareLimit)}
 	if r := os.Getenv("VMTEST_RESULTS"); r != "" {
-		opts.SkipPaths = append(opts.SkipPaths, r)
+		// The whole run's results (every kernel's), when they are kept
+		// inside the module.
+		opts.SkipPaths = append(opts.SkipPaths, filepath.Dir(r))
 	}
 	opts.SkipPaths = append(opts.SkipPaths, ignoredDirs(roots[0])...)
 	var files []images.File
