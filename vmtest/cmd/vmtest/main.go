@@ -62,7 +62,9 @@ Environment:
                     boot and falls back to software emulation (tcg)
   VMTEST_QEMU       the qemu-system binary (default qemu-system-x86_64)
   VMTEST_CACHE_DIR  where kernels and images are cached
-  VMTEST_SRC        a checkout of this project, when vmtest is run outside it
+  VMTEST_SRC        a checkout of this project to build the (smaller) guest agent
+                    from when vmtest runs outside it; without one, the vmtest
+                    program itself is the agent
 
 Run "vmtest run -h", "vmtest exec -h" or "vmtest bench -h" for flags.
 `
