@@ -117,8 +117,8 @@ func benchCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		preps[name] = p
-		opts := vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu, MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, KeepDWARF: f.dwarf,
-			Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}}
+		opts := f.options(p, base)
+		opts.Commands = []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
 		var floors, runs, firsts, boots, others []time.Duration
 		var floorInits, floorUsers, runInits, runUsers []float64
 		var rss int64
@@ -234,9 +234,10 @@ func benchCmd(ctx context.Context, args []string) error {
 				sem <- struct{}{}
 				defer func() { <-sem }()
 				p := preps[name]
-				res, err := vmtest.Run(ctx, vmtest.Options{Kernel: p.kernel.Image, BaseImage: base, Accel: f.accel, QEMU: f.qemu,
-					MemoryMB: f.memory, CPUs: f.cpus, Append: f.append, KASLR: f.kaslr, KeepDWARF: f.dwarf, OutDir: filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel)),
-					Commands: []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}})
+				opts := f.options(p, base)
+				opts.OutDir = filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel))
+				opts.Commands = []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}
+				res, err := vmtest.Run(ctx, opts)
 				if err == nil {
 					err = res.Err()
 				}

@@ -98,6 +98,26 @@ func (f *vmFlags) check() error {
 	return errors.Join(errs...)
 }
 
+// options turns the flags into the options of one boot of the prepared
+// kernel with base: the machine, the kernel command line, the image and the
+// limits. Callers add the commands, files and output directory.
+func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
+	return vmtest.Options{
+		Kernel:    p.kernel.Image,
+		BaseImage: base,
+		Modules:   p.modules,
+		Accel:     f.accel,
+		QEMU:      f.qemu,
+		MemoryMB:  f.memory,
+		CPUs:      f.cpus,
+		Timeout:   f.timeout,
+		Append:    f.append,
+		KASLR:     f.kaslr,
+		KeepDWARF: f.dwarf,
+		Limits:    f.vmLimits(),
+	}
+}
+
 // vmLimits is what the limit flags ask for.
 func (f *vmFlags) vmLimits() vmtest.Limits {
 	return vmtest.Limits{OutputBytes: int64(f.limits.output), ArtifactBytes: int64(f.limits.artifacts), ArtifactFiles: f.files}

@@ -72,25 +72,12 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	}
 	outputs, env := testOutputs(binArgs, cwd, os.Getenv)
 	files = append(files, libs...)
-	opts := vmtest.Options{
-		Kernel:    p.kernel.Image,
-		BaseImage: p.base,
-		Commands:  []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd, Outputs: outputs}},
-		Env:       env,
-		Modules:   p.modules,
-		Files:     files,
-		OutDir:    outDir,
-		Accel:     f.accel,
-		QEMU:      f.qemu,
-		MemoryMB:  f.memory,
-		CPUs:      f.cpus,
-		Timeout:   f.timeout,
-		Append:    f.append,
-		KASLR:     f.kaslr,
-		KeepDWARF: f.dwarf,
-		Limits:    f.vmLimits(),
-		Output:    os.Stdout,
-	}
+	opts := f.options(p, p.base)
+	opts.Commands = []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd, Outputs: outputs}}
+	opts.Env = env
+	opts.Files = files
+	opts.OutDir = outDir
+	opts.Output = os.Stdout
 	if f.console {
 		opts.Console = os.Stderr
 	}
