@@ -55,11 +55,6 @@ var (
 	probeCache = map[string]AccelChoice{}
 )
 
-// ProbeCacheFile, when set, keeps KVM probe results across processes, so
-// that each `vmtest exec` of a go test run does not pay for its own probe.
-// An entry holds for a day and only for the same QEMU binary and host kernel.
-var ProbeCacheFile string
-
 const probeTTL = 24 * time.Hour
 
 type probeRecord struct {
@@ -86,11 +81,11 @@ func probeKey(qemu string) string {
 	return qemu + " " + mtime + " " + string(rel)
 }
 
-func loadProbe(key string) (AccelChoice, bool) {
-	if ProbeCacheFile == "" {
+func loadProbe(file, key string) (AccelChoice, bool) {
+	if file == "" {
 		return AccelChoice{}, false
 	}
-	b, err := os.ReadFile(ProbeCacheFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return AccelChoice{}, false
 	}
@@ -102,17 +97,17 @@ func loadProbe(key string) (AccelChoice, bool) {
 	return r.Choice, true
 }
 
-func saveProbe(key string, c AccelChoice) {
-	if ProbeCacheFile == "" {
+func saveProbe(file, key string, c AccelChoice) {
+	if file == "" {
 		return
 	}
 	b, _ := json.Marshal(probeRecord{Key: key, Choice: c, Time: time.Now()})
-	if err := os.MkdirAll(filepath.Dir(ProbeCacheFile), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return
 	}
-	tmp := ProbeCacheFile + ".tmp" + strconv.Itoa(os.Getpid())
+	tmp := file + ".tmp" + strconv.Itoa(os.Getpid())
 	if os.WriteFile(tmp, b, 0o644) == nil {
-		_ = os.Rename(tmp, ProbeCacheFile)
+		_ = os.Rename(tmp, file)
 	}
 }
 
@@ -120,9 +115,11 @@ func saveProbe(key string, c AccelChoice) {
 // one, or "" / AccelAuto to probe. $VMTEST_ACCEL overrides an empty want.
 // The probe boots kernel under KVM and waits for its first console line: on
 // some hosts /dev/kvm opens but guests abort or hang, so only a real boot
-// tells. The answer is remembered for the life of the process, and in
-// ProbeCacheFile when set.
-func ChooseAccel(ctx context.Context, qemu, kernel, want string) (AccelChoice, error) {
+// tells. The answer is remembered for the life of the process, and in the
+// file cache when not empty, for a day and only for the same QEMU binary and
+// host kernel, so that each `vmtest exec` of a go test run does not pay for
+// its own probe.
+func ChooseAccel(ctx context.Context, qemu, kernel, want, cache string) (AccelChoice, error) {
 	q, err := findQEMU(qemu)
 	if err != nil {
 		return AccelChoice{}, err
@@ -152,13 +149,13 @@ func ChooseAccel(ctx context.Context, qemu, kernel, want string) (AccelChoice, e
 	if c, ok := probeCache[key]; ok {
 		return c, nil
 	}
-	c, ok := loadProbe(key)
+	c, ok := loadProbe(cache, key)
 	if !ok {
 		c = probeKVM(ctx, qemu, kernel)
 		if ctx.Err() != nil {
 			return AccelChoice{}, ctx.Err()
 		}
-		saveProbe(key, c)
+		saveProbe(cache, key, c)
 	}
 	probeCache[key] = c
 	return c, nil

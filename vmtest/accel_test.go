@@ -25,7 +25,7 @@ func TestChooseAccelForced(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.want+"/"+tt.env, func(t *testing.T) {
 			t.Setenv("VMTEST_ACCEL", tt.env)
-			c, err := ChooseAccel(context.Background(), "", "/nonexistent", tt.want)
+			c, err := ChooseAccel(context.Background(), "", "/nonexistent", tt.want, "")
 			if tt.err {
 				require.Error(t, err)
 				return
@@ -38,6 +38,6 @@ func TestChooseAccelForced(t *testing.T) {
 }
 
 func TestChooseAccelMissingQEMU(t *testing.T) {
-	_, err := ChooseAccel(context.Background(), "/nonexistent/qemu-system-x86_64", "/k", "tcg")
+	_, err := ChooseAccel(context.Background(), "/nonexistent/qemu-system-x86_64", "/k", "tcg", "")
 	assert.ErrorContains(t, err, "apt-get install qemu-system-x86")
 }

@@ -72,6 +72,9 @@ type Options struct {
 
 	// Accel is "", "auto", "kvm" or "tcg".
 	Accel string
+	// AccelCache, when set, is a file that keeps the answer of the KVM
+	// probe across processes (see ChooseAccel).
+	AccelCache string
 	// QEMU is the qemu-system binary; "" means $VMTEST_QEMU or
 	// qemu-system-x86_64 from $PATH.
 	QEMU string
@@ -277,7 +280,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	defer os.Remove(initrd)
 
-	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
+	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel, opts.AccelCache)
 	if err != nil {
 		return nil, err
 	}
@@ -598,7 +601,7 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 		return nil, err
 	}
 	res := &FloorResult{}
-	res.Accel, err = ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel)
+	res.Accel, err = ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel, opts.AccelCache)
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,6 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
 	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: f.init})
 	if err != nil {
 		return err

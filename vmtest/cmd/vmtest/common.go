@@ -103,18 +103,19 @@ func (f *vmFlags) check() error {
 // limits. Callers add the commands, files and output directory.
 func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
 	return vmtest.Options{
-		Kernel:    p.kernel.Image,
-		BaseImage: base,
-		Modules:   p.modules,
-		Accel:     f.accel,
-		QEMU:      f.qemu,
-		MemoryMB:  f.memory,
-		CPUs:      f.cpus,
-		Timeout:   f.timeout,
-		Append:    f.append,
-		KASLR:     f.kaslr,
-		KeepDWARF: f.dwarf,
-		Limits:    f.vmLimits(),
+		Kernel:     p.kernel.Image,
+		BaseImage:  base,
+		Modules:    p.modules,
+		Accel:      f.accel,
+		AccelCache: p.accelCache,
+		QEMU:       f.qemu,
+		MemoryMB:   f.memory,
+		CPUs:       f.cpus,
+		Timeout:    f.timeout,
+		Append:     f.append,
+		KASLR:      f.kaslr,
+		KeepDWARF:  f.dwarf,
+		Limits:     f.vmLimits(),
 	}
 }
 
@@ -208,9 +209,10 @@ func (f *vmFlags) moduleNames() []string {
 
 // prepared is what every boot on one kernel shares.
 type prepared struct {
-	kernel  *kernels.Kernel
-	modules []vmtest.Module
-	base    string
+	kernel     *kernels.Kernel
+	modules    []vmtest.Module
+	base       string
+	accelCache string // where the KVM probe's answer is kept
 }
 
 // prepareKernel fetches the kernel and resolves the modules to load.
@@ -224,7 +226,7 @@ func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepar
 	if err != nil {
 		return nil, err
 	}
-	p := &prepared{kernel: k}
+	p := &prepared{kernel: k, accelCache: filepath.Join(cache.Dir, "accel-probe.json")}
 	if p.modules, err = vmtest.KernelModules(k, f.moduleNames()...); err != nil {
 		return nil, err
 	}
@@ -242,7 +244,6 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 	if err != nil {
 		return nil, err
 	}
-	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
 	if b := os.Getenv("VMTEST_BASE_IMAGE"); b != "" {
 		p.base = b
 		return p, nil

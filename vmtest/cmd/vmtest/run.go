@@ -110,7 +110,6 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	vmtest.ProbeCacheFile = filepath.Join(dir, "accel-probe.json")
 	fmt.Fprintf(os.Stderr, "vmtest: %s on kernel(s) %s, at most %d guest(s) at a time; results in %s\n",
 		strings.Join(append([]string{"go test"}, rest[2:]...), " "), strings.Join(names, ", "), f.vms, runDir)
 
@@ -208,7 +207,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	for _, pk := range p.kernel.Packages {
 		k.Packages = append(k.Packages, pk.Name+" "+pk.Version)
 	}
-	accel, err := vmtest.ChooseAccel(ctx, m.f.qemu, p.kernel.Image, m.f.accel)
+	accel, err := vmtest.ChooseAccel(ctx, m.f.qemu, p.kernel.Image, m.f.accel, p.accelCache)
 	if err != nil {
 		k.Error = err.Error()
 		m.st.set(k.Name, "failed: "+err.Error())
