@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/rhysd/actionlint"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/skbstore/vmtest/kernels"
 )
 
 func TestWorkflowsPassActionlint(t *testing.T) {
@@ -42,4 +46,32 @@ func TestActionlintCatchesErrors(t *testing.T) {
 	errs, err := l.Lint("bad.yml", bad, nil)
 	require.NoError(t, err)
 	assert.NotEmpty(t, errs)
+}
+
+// TestKernelListsAgree: the kernels the workflow and the Makefile name are
+// ones the fetcher knows, so a kernel dropped from the matrix (or renamed)
+// cannot linger in CI.
+func TestKernelListsAgree(t *testing.T) {
+	known := map[string]bool{}
+	for _, k := range kernels.Available() {
+		known[k] = true
+	}
+	wf, err := os.ReadFile("../.github/workflows/vmtest.yml")
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^\s*kernel: \[(.*)\]`).FindSubmatch(wf)
+	require.NotNil(t, m, "no kernel matrix in the workflow")
+	for _, k := range strings.Split(string(m[1]), ",") {
+		k = strings.Trim(strings.TrimSpace(k), `"'`)
+		assert.True(t, known[k], "workflow kernel %q is not one of %v", k, kernels.Available())
+	}
+	mk, err := os.ReadFile("../Makefile")
+	require.NoError(t, err)
+	for _, v := range []string{"KERNEL", "BENCH_KERNELS"} {
+		m := regexp.MustCompile(`(?m)^` + v + `\s*\?=\s*(\S+)`).FindSubmatch(mk)
+		require.NotNil(t, m, "no %s in the Makefile", v)
+		for _, k := range strings.Split(string(m[1]), ",") {
+			assert.True(t, known[k], "Makefile %s names %q, not one of %v", v, k, kernels.Available())
+		}
+	}
+	assert.True(t, known[kernels.DefaultVersion])
 }

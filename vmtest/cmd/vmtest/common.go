@@ -44,7 +44,7 @@ type vmFlags struct {
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel version to boot (5.10, 6.1, 6.12, 7.2, 7.3) or a path to a bzImage")
+	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel version to boot ("+strings.Join(kernels.Available(), ", ")+") or a path to a bzImage")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")

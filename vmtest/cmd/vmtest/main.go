@@ -15,12 +15,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
+	"github.com/skbstore/vmtest/kernels"
 	"github.com/skbstore/vmtest/vmtest/internal/guest"
 )
 
-const usage = `vmtest runs Go tests inside Linux kernels under QEMU.
+var usageText = `vmtest runs Go tests inside Linux kernels under QEMU.
 
 Usage:
   vmtest run [flags] [-- go test [packages] [go test flags]]
@@ -53,7 +55,7 @@ Usage:
       off) and the matrix wall time, one guest at a time and in parallel;
       prints tables and writes them to the results directory.
 
-Kernels are named by version (5.10, 6.1, 6.12, 7.2, 7.3; default 6.1) and come
+Kernels are named by version (%s; default %s) and come
 from Debian's archive into a cache ($VMTEST_CACHE_DIR, else
 $XDG_CACHE_HOME/skbstore-vmtest); a path to a bzImage also works.
 
@@ -113,3 +115,6 @@ func main() {
 }
 
 var errUsage = errors.New("usage")
+
+// usage is the help text, with the kernel list from the kernels package.
+var usage = fmt.Sprintf(usageText, strings.Join(kernels.Available(), ", "), kernels.DefaultVersion)
