@@ -92,222 +92,248 @@ func benchCmd(ctx context.Context, args []string) error {
 		coldReport = coldTable(rows, image, size, f.init)
 	}
 
-	type row struct {
-		kernel, release                   string
-		floor, runner, first, boot, other time.Duration
-		// Medians on the guest kernel's clock: start of /init, and /init
-		// to power-off, for the floor and the runner.
-		floorInit, floorUser, runInit, runUser float64
-		rss                                    int64
-		accel                                  string
-	}
-	var rows []row
-	var failures []string
-	resultsDir := f.results
-	if resultsDir == "" {
-		resultsDir = "vmtest-results"
-	}
-	preps := map[string]*prepared{}
+	b := &bench{f: &f, n: *n, base: base, otherBase: otherBase, otherInit: otherInit, trivial: trivial, floorImg: floorImg,
+		tmp: tmp, resultsDir: cmp.Or(f.results, "vmtest-results"), preps: map[string]*prepared{}}
 	for _, name := range names {
-		kf := f
-		kf.kernel = name
-		p, err := prepareKernel(ctx, &kf, os.Stderr)
-		if err != nil {
+		if err := b.kernel(ctx, name); err != nil {
 			return err
 		}
-		preps[name] = p
-		opts := f.options(p, base)
-		opts.Commands = []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
-		var floors, runs, firsts, boots, others []time.Duration
-		var floorInits, floorUsers, runInits, runUsers []float64
-		var rss int64
-		var accel string
-		// failedDir is where the logs of a failed boot are kept.
-		failedDir := func(kind string, i int) string {
-			return filepath.Join(resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
-		}
-		// runKind boots the trivial test with base; a failed boot's logs are
-		// kept.
-		runKind := func(kind, base string, i int) (*vmtest.Result, error) {
-			o := opts
-			o.BaseImage = base
-			o.OutDir = filepath.Join(tmp, fmt.Sprintf("%s-%s-%d", name, kind, i))
-			res, err := vmtest.Run(ctx, o)
-			if err == nil {
-				err = res.Err()
-			}
-			if err != nil {
-				kept := failedDir(kind, i)
-				if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.Rename(o.OutDir, kept) == nil {
-					err = fmt.Errorf("%w (logs in %s)", err, kept)
-				}
-				return nil, err
-			}
-			return res, nil
-		}
-		kinds := []struct {
-			name string
-			boot func(i int) (string, error)
-		}{
-			{"floor", func(i int) (string, error) {
-				fl, err := vmtest.Floor(ctx, opts, floorImg)
-				if err != nil {
-					if fl != nil {
-						kept := failedDir("floor", i)
-						if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
-							err = fmt.Errorf("%w (console in %s)", err, kept)
-						}
-					}
-					return "", err
-				}
-				floors = append(floors, fl.Duration)
-				floorInits = append(floorInits, fl.Kernel.Init)
-				floorUsers = append(floorUsers, fl.Kernel.UserSpace())
-				accel = fl.Accel.Name
-				return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
-			}},
-			{"runner", func(i int) (string, error) {
-				res, err := runKind("init-"+f.init, base, i)
-				if err != nil {
-					return "", err
-				}
-				runs = append(runs, res.Duration)
-				firsts = append(firsts, res.FirstOutput)
-				boots = append(boots, res.Boot)
-				runInits = append(runInits, res.Kernel.Init)
-				runUsers = append(runUsers, res.Kernel.UserSpace())
-				rss = max(rss, res.QEMUMaxRSS)
-				return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
-			}},
-			{"init " + otherInit, func(i int) (string, error) {
-				res, err := runKind("init-"+otherInit, otherBase, i)
-				if err != nil {
-					return "", err
-				}
-				others = append(others, res.Duration)
-				return fmt.Sprintf("with init %s %.2fs (/init at %.2fs)", otherInit, res.Duration.Seconds(), res.Kernel.Init), nil
-			}},
-		}
-		for i := 0; i < *n; i++ {
-			// Each boot kind goes first, second and third in turn, so
-			// whatever the previous boot leaves on the host weighs on all
-			// of them alike. A failed boot (a guest that panics...) is
-			// reported and the others go on.
-			var done []string
-			for k := range kinds {
-				kind := kinds[(i+k)%len(kinds)]
-				msg, err := kind.boot(i)
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if err != nil {
-					failures = append(failures, fmt.Sprintf("kernel %s, %s, boot %d: %v", name, kind.name, i+1, err))
-					fmt.Fprintf(os.Stderr, "bench %s #%d: %s FAILED: %v\n", name, i+1, kind.name, err)
-					continue
-				}
-				done = append(done, msg)
-			}
-			fmt.Fprintf(os.Stderr, "bench %s #%d: %s\n", name, i+1, strings.Join(done, ", "))
-		}
-		if len(floors) == 0 || len(runs) == 0 || len(others) == 0 {
-			failures = append(failures, fmt.Sprintf("kernel %s: no row, every boot of a kind failed", name))
-			continue
-		}
-		rows = append(rows, row{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
-			first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
-			floorInit: median(floorInits), floorUser: median(floorUsers), runInit: median(runInits), runUser: median(runUsers)})
 	}
-
 	// The matrix: the trivial test on every kernel, one at a time, then
 	// -vms at a time.
-	matrix := func(parallel int) (time.Duration, error) {
-		sem := make(chan struct{}, parallel)
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var firstErr error
-		start := time.Now()
-		for _, name := range names {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sem <- struct{}{}
-				defer func() { <-sem }()
-				p := preps[name]
-				opts := f.options(p, base)
-				opts.OutDir = filepath.Join(tmp, "matrix-"+name+fmt.Sprint(parallel))
-				opts.Commands = []vmtest.Command{{ID: "trivial", Binary: trivial, Args: []string{"-test.run", "^TestPass$"}}}
-				res, err := vmtest.Run(ctx, opts)
-				if err == nil {
-					err = res.Err()
-				}
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = fmt.Errorf("matrix on %s: %w", name, err)
-				}
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		return time.Since(start), firstErr
-	}
-	seq, err := matrix(1)
+	seq, err := b.matrix(ctx, names, 1)
 	if err != nil {
-		failures = append(failures, fmt.Sprintf("matrix one at a time: %v", err))
+		b.failures = append(b.failures, fmt.Sprintf("matrix one at a time: %v", err))
 	}
-	par, err := matrix(f.vms)
+	par, err := b.matrix(ctx, names, f.vms)
 	if err != nil {
-		failures = append(failures, fmt.Sprintf("matrix %d at a time: %v", f.vms, err))
+		b.failures = append(b.failures, fmt.Sprintf("matrix %d at a time: %v", f.vms, err))
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	accel := "unknown"
-	if len(rows) > 0 {
-		accel = rows[0].accel
-	}
-
-	var b strings.Builder
-	fmt.Fprintf(&b, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", *n, accel, max(f.cpus, 1), f.memory)
-	b.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
-	fmt.Fprintf(&b, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, otherInit)
-	b.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
-	b.WriteString("on the console (floor / runner). Under software emulation absolute times mean little: compare the ratios.\n\n")
-	fmt.Fprintf(&b, "| kernel | release | floor | runner | runner/floor | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", otherInit)
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %.2fs / %.2fs | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
-			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, r.floorUser, r.runUser,
-			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
-	}
-	fmt.Fprintf(&b, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
-		len(names), seq.Seconds(), f.vms, par.Seconds())
-	fmt.Fprintf(&b, "\nparallel/sequential: %.2f\n", par.Seconds()/seq.Seconds())
-	if coldReport != "" {
-		b.WriteString("\n" + coldReport)
-	}
-	if len(failures) > 0 {
-		b.WriteString("\n## Failed boots\n\nMedians above are over the boots that succeeded.\n\n")
-		for _, m := range failures {
-			fmt.Fprintf(&b, "- %s\n", strings.ReplaceAll(m, "\n", " "))
-		}
-	}
-	fmt.Print(b.String())
+	table := b.render(len(names), seq, par, coldReport)
+	fmt.Print(table)
 
 	path := *out
 	if path == "" {
-		if err := os.MkdirAll(resultsDir, 0o755); err != nil {
+		if err := os.MkdirAll(b.resultsDir, 0o755); err != nil {
 			return err
 		}
-		path = filepath.Join(resultsDir, "bench-runner.md")
+		path = filepath.Join(b.resultsDir, "bench-runner.md")
 	}
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "vmtest: bench table written to %s\n", path)
-	if len(failures) > 0 {
-		return fmt.Errorf("%d boot(s) failed; see the end of %s", len(failures), path)
+	if len(b.failures) > 0 {
+		return fmt.Errorf("%d boot(s) failed; see the end of %s", len(b.failures), path)
 	}
 	return nil
+}
+
+// bench measures the runner against the floor; render makes the tables.
+type bench struct {
+	f                 *vmFlags
+	n                 int // boots per kernel and kind
+	base, otherBase   string
+	otherInit         string
+	trivial, floorImg string
+	tmp, resultsDir   string
+	preps             map[string]*prepared
+	rows              []benchRow
+	failures          []string
+}
+
+// benchRow is one kernel's medians.
+type benchRow struct {
+	kernel, release                   string
+	floor, runner, first, boot, other time.Duration
+	// Medians on the guest kernel's clock: start of /init, and /init to
+	// power-off, for the floor and the runner.
+	floorInit, floorUser, runInit, runUser float64
+	rss                                    int64
+	accel                                  string
+}
+
+// failedDir is where the logs of a failed boot are kept.
+func (b *bench) failedDir(name, kind string, i int) string {
+	return filepath.Join(b.resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
+}
+
+// kernel boots the floor, the runner and the other init -n times each on
+// one kernel, interleaved, and adds its row; a failed boot is recorded and
+// the others go on.
+func (b *bench) kernel(ctx context.Context, name string) error {
+	kf := *b.f
+	kf.kernel = name
+	p, err := prepareKernel(ctx, &kf, os.Stderr)
+	if err != nil {
+		return err
+	}
+	b.preps[name] = p
+	opts := b.f.options(p, b.base)
+	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: b.trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
+	var floors, runs, firsts, boots, others []time.Duration
+	var floorInits, floorUsers, runInits, runUsers []float64
+	var rss int64
+	var accel string
+	// runKind boots the trivial test with base; a failed boot's logs are
+	// kept.
+	runKind := func(kind, base string, i int) (*vmtest.Result, error) {
+		o := opts
+		o.BaseImage = base
+		o.OutDir = filepath.Join(b.tmp, fmt.Sprintf("%s-%s-%d", name, kind, i))
+		res, err := vmtest.Run(ctx, o)
+		if err == nil {
+			err = res.Err()
+		}
+		if err != nil {
+			kept := b.failedDir(name, kind, i)
+			if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.Rename(o.OutDir, kept) == nil {
+				err = fmt.Errorf("%w (logs in %s)", err, kept)
+			}
+			return nil, err
+		}
+		return res, nil
+	}
+	kinds := []struct {
+		name string
+		boot func(i int) (string, error)
+	}{
+		{"floor", func(i int) (string, error) {
+			fl, err := vmtest.Floor(ctx, opts, b.floorImg)
+			if err != nil {
+				if fl != nil {
+					kept := b.failedDir(name, "floor", i)
+					if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
+						err = fmt.Errorf("%w (console in %s)", err, kept)
+					}
+				}
+				return "", err
+			}
+			floors = append(floors, fl.Duration)
+			floorInits = append(floorInits, fl.Kernel.Init)
+			floorUsers = append(floorUsers, fl.Kernel.UserSpace())
+			accel = fl.Accel.Name
+			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
+		}},
+		{"runner", func(i int) (string, error) {
+			res, err := runKind("init-"+b.f.init, b.base, i)
+			if err != nil {
+				return "", err
+			}
+			runs = append(runs, res.Duration)
+			firsts = append(firsts, res.FirstOutput)
+			boots = append(boots, res.Boot)
+			runInits = append(runInits, res.Kernel.Init)
+			runUsers = append(runUsers, res.Kernel.UserSpace())
+			rss = max(rss, res.QEMUMaxRSS)
+			return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
+		}},
+		{"init " + b.otherInit, func(i int) (string, error) {
+			res, err := runKind("init-"+b.otherInit, b.otherBase, i)
+			if err != nil {
+				return "", err
+			}
+			others = append(others, res.Duration)
+			return fmt.Sprintf("with init %s %.2fs (/init at %.2fs)", b.otherInit, res.Duration.Seconds(), res.Kernel.Init), nil
+		}},
+	}
+	for i := 0; i < b.n; i++ {
+		// Each boot kind goes first, second and third in turn, so whatever
+		// the previous boot leaves on the host weighs on all of them alike.
+		var done []string
+		for k := range kinds {
+			kind := kinds[(i+k)%len(kinds)]
+			msg, err := kind.boot(i)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil {
+				b.failures = append(b.failures, fmt.Sprintf("kernel %s, %s, boot %d: %v", name, kind.name, i+1, err))
+				fmt.Fprintf(os.Stderr, "bench %s #%d: %s FAILED: %v\n", name, i+1, kind.name, err)
+				continue
+			}
+			done = append(done, msg)
+		}
+		fmt.Fprintf(os.Stderr, "bench %s #%d: %s\n", name, i+1, strings.Join(done, ", "))
+	}
+	if len(floors) == 0 || len(runs) == 0 || len(others) == 0 {
+		b.failures = append(b.failures, fmt.Sprintf("kernel %s: no row, every boot of a kind failed", name))
+		return nil
+	}
+	b.rows = append(b.rows, benchRow{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
+		first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
+		floorInit: median(floorInits), floorUser: median(floorUsers), runInit: median(runInits), runUser: median(runUsers)})
+	return nil
+}
+
+// matrix runs the trivial test on every kernel, parallel guests at a time,
+// and returns the wall time.
+func (b *bench) matrix(ctx context.Context, names []string, parallel int) (time.Duration, error) {
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	start := time.Now()
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			opts := b.f.options(b.preps[name], b.base)
+			opts.OutDir = filepath.Join(b.tmp, "matrix-"+name+fmt.Sprint(parallel))
+			opts.Commands = []vmtest.Command{{ID: "trivial", Binary: b.trivial, Args: []string{"-test.run", "^TestPass$"}}}
+			res, err := vmtest.Run(ctx, opts)
+			if err == nil {
+				err = res.Err()
+			}
+			mu.Lock()
+			if err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("matrix on %s: %w", name, err)
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return time.Since(start), firstErr
+}
+
+// render makes the Markdown tables of the measurements.
+func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) string {
+	f := b.f
+	accel := "unknown"
+	if len(b.rows) > 0 {
+		accel = b.rows[0].accel
+	}
+	var w strings.Builder
+	fmt.Fprintf(&w, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", b.n, accel, max(f.cpus, 1), f.memory)
+	w.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
+	fmt.Fprintf(&w, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, b.otherInit)
+	w.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
+	w.WriteString("on the console (floor / runner). Under software emulation absolute times mean little: compare the ratios.\n\n")
+	fmt.Fprintf(&w, "| kernel | release | floor | runner | runner/floor | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
+	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range b.rows {
+		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %.2fs / %.2fs | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, r.floorUser, r.runUser,
+			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
+	}
+	fmt.Fprintf(&w, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
+		kernels, seq.Seconds(), f.vms, par.Seconds())
+	fmt.Fprintf(&w, "\nparallel/sequential: %.2f\n", par.Seconds()/seq.Seconds())
+	if coldReport != "" {
+		w.WriteString("\n" + coldReport)
+	}
+	if len(b.failures) > 0 {
+		w.WriteString("\n## Failed boots\n\nMedians above are over the boots that succeeded.\n\n")
+		for _, m := range b.failures {
+			fmt.Fprintf(&w, "- %s\n", strings.ReplaceAll(m, "\n", " "))
+		}
+	}
+	return w.String()
 }
 
 func median[T cmp.Ordered](xs []T) T {
