@@ -111,11 +111,7 @@ func TestDamagedInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			frames, errs := readAll(tt.data)
-			var types []string
-			for _, f := range frames {
-				types = append(types, f.Type)
-			}
-			assert.Equal(t, tt.wantTypes, types)
+			assert.Equal(t, tt.wantTypes, typesOf(frames))
 			require.Len(t, errs, tt.wantErrNum, "errors: %v", errs)
 			if tt.wantErr != nil {
 				assert.ErrorIs(t, errs[0], tt.wantErr)
@@ -153,11 +149,7 @@ func TestForgedFrames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			frames, errs := readAll(tt.data)
-			var types []string
-			for _, f := range frames {
-				types = append(types, f.Type)
-			}
-			assert.Equal(t, tt.wantTypes, types)
+			assert.Equal(t, tt.wantTypes, typesOf(frames))
 			require.NotEmpty(t, errs)
 			forged := 0
 			for _, err := range errs {
@@ -195,6 +187,14 @@ func TestSequence(t *testing.T) {
 		assert.ErrorIs(t, errs[0], ErrCorrupt)
 		assert.ErrorContains(t, errs[0], "replayed")
 	})
+}
+
+func typesOf(frames []Frame) []string {
+	var types []string
+	for _, f := range frames {
+		types = append(types, f.Type)
+	}
+	return types
 }
 
 func concat(parts ...[]byte) []byte {
