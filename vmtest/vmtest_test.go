@@ -252,11 +252,12 @@ func TestGuestSetup(t *testing.T) {
 			}
 			res, err := vmtest.Run(context.Background(), vmtest.Options{
 				Kernel: e.kernel.Image, BaseImage: base, OutDir: t.TempDir(), Timeout: 2 * time.Minute,
-				Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^(TestPass|TestGuestSetup)$"}}},
+				Commands: []vmtest.Command{{ID: "sample", Binary: e.sample, Args: []string{"-test.v", "-test.run", "^(TestPass|TestGuestSetup|TestCommands)$"}}},
 			})
 			require.NoError(t, err)
 			require.NoError(t, res.Err(), "output:\n%s\nagent log: %v", output(t, res, 0), res.Log)
 			assert.Contains(t, string(output(t, res, 0)), "--- PASS: TestGuestSetup")
+			assert.Contains(t, string(output(t, res, 0)), "--- PASS: TestCommands")
 			assert.Empty(t, res.Log, "the agent reported problems setting up the guest")
 			b, err := os.ReadFile(filepath.Join(res.OutDir, "artifacts", "sample", "uname.txt"))
 			require.NoError(t, err)

@@ -66,7 +66,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: f.init})
+	base, err := images.Base(ctx, f.baseOptions(dir, os.Stderr))
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,9 @@ func benchCmd(ctx context.Context, args []string) error {
 	if f.init == images.InitAgent {
 		otherInit = images.InitURoot
 	}
-	otherBase, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: otherInit})
+	otherOpts := f.baseOptions(dir, os.Stderr)
+	otherOpts.Init = otherInit
+	otherBase, err := images.Base(ctx, otherOpts)
 	if err != nil {
 		return err
 	}

@@ -41,6 +41,7 @@ type vmFlags struct {
 	files      int
 	share      string
 	shareLimit sizeFlag
+	commands   bool
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -62,6 +63,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.limits.output, vmtest.FlagMaxOutput[1:], "most bytes one boot may send of test output plus kernel log (and of console log); more fails the run (K, M, G suffixes)")
 	fs.Var(&f.limits.artifacts, vmtest.FlagMaxArtifacts[1:], "most bytes of artifacts one boot may send; more fails the run")
 	fs.IntVar(&f.files, vmtest.FlagMaxArtifactFiles[1:], 10000, "most artifact files one boot may send; more fails the run")
+	fs.BoolVar(&f.commands, "commands", true, "put u-root's uname, ip, mount, ls, grep... on the guest's PATH for tests that run them (about 5 MB of image; -commands=false for the smallest image)")
 	fs.StringVar(&f.share, "share", "", "comma-separated host paths to put in the guest at the same paths, besides the test's Go module (say a data directory)")
 	f.shareLimit = 64 << 20
 	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to put in the guest image; more fails before boot")
@@ -191,6 +193,9 @@ func (f *vmFlags) args() []string {
 	if f.share != "" {
 		a = append(a, "-share", f.share)
 	}
+	if !f.commands {
+		a = append(a, "-commands=false")
+	}
 	a = append(a, "-share-limit", f.shareLimit.String())
 	a = append(a, vmtest.FlagMaxOutput, f.limits.output.String(), vmtest.FlagMaxArtifacts, f.limits.artifacts.String(),
 		vmtest.FlagMaxArtifactFiles, fmt.Sprint(f.files))
@@ -248,7 +253,7 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 		p.base = b
 		return p, nil
 	}
-	p.base, err = images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: progress, Init: f.init, Self: selfPath()})
+	p.base, err = images.Base(ctx, f.baseOptions(dir, progress))
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +280,15 @@ func cacheDir() (string, error) {
 		return "", err
 	}
 	return c.Dir, nil
+}
+
+// baseOptions are the options of the base image the flags ask for.
+func (f *vmFlags) baseOptions(cacheDir string, progress io.Writer) images.BaseOptions {
+	o := images.BaseOptions{CacheDir: filepath.Join(cacheDir, "images"), Progress: progress, Init: f.init, Self: selfPath()}
+	if !f.commands {
+		o.Commands = []string{}
+	}
+	return o
 }
 
 // selfPath is this program, which can be the guest agent when vmtest runs

@@ -113,7 +113,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	fmt.Fprintf(os.Stderr, "vmtest: %s on kernel(s) %s, at most %d guest(s) at a time; results in %s\n",
 		strings.Join(append([]string{"go test"}, rest[2:]...), " "), strings.Join(names, ", "), f.vms, runDir)
 
-	base, err := images.Base(ctx, images.BaseOptions{CacheDir: filepath.Join(dir, "images"), Progress: os.Stderr, Init: f.init, Self: selfPath()})
+	base, err := images.Base(ctx, f.baseOptions(dir, os.Stderr))
 	if err != nil {
 		return 1, err
 	}

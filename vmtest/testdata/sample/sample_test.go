@@ -258,3 +258,28 @@ func TestToggleTracepoints(t *testing.T) {
 	}
 	t.Logf("%d toggles", n)
 }
+
+// TestCommands runs commands tests commonly exec, from PATH: they are there
+// as on a host.
+func TestCommands(t *testing.T) {
+	guestOnly(t)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		t.Fatalf("uname -r: %v", err)
+	}
+	if got, want := strings.TrimSpace(string(out)), unix.ByteSliceToString(u.Release[:]); got != want {
+		t.Errorf("uname -r = %q, want %q", got, want)
+	}
+	if out, err := exec.Command("ip", "link", "show", "lo").CombinedOutput(); err != nil || !strings.Contains(string(out), "lo") {
+		t.Errorf("ip link show lo: %v: %s", err, out)
+	}
+	for _, c := range []string{"mount", "cat", "ls", "grep", "ps", "insmod", "lsmod"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Errorf("%s: %v", c, err)
+		}
+	}
+}
