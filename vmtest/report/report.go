@@ -267,6 +267,15 @@ func matchRun(runs []string, pkg string) (string, bool) {
 	return best, best != ""
 }
 
+func (s *Suite) hasFailedTest() bool {
+	for _, t := range s.Tests {
+		if t.Outcome == gotest.Fail {
+			return true
+		}
+	}
+	return false
+}
+
 // addRun adds the runner's view of the boot in dir.
 func (s *Suite) addRun(root, dir string) {
 	s.Dir, _ = filepath.Rel(root, dir)
@@ -283,6 +292,13 @@ func (s *Suite) addRun(root, dir string) {
 	s.Accel = res.Accel.Name
 	s.BootSeconds = res.Boot.Seconds()
 	s.Failure = res.Failure
+	if f := res.Failure; f != nil && f.Kind == vmtest.FailCancelled && s.Outcome == gotest.Fail && !s.hasFailedTest() {
+		// The run was stopped before the package got to a verdict (go test
+		// saw vmtest exec exit 1): unfinished, not failed.
+		s.Outcome = gotest.Unfinished
+		s.Counts.Unfinished += s.Counts.Failed
+		s.Counts.Failed = 0
+	}
 	s.Splats = res.Splats
 	for _, f := range res.Faults {
 		s.fail(f)

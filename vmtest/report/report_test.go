@@ -175,3 +175,15 @@ func TestRunnerFaultsFailTheSuite(t *testing.T) {
 	assert.Equal(t, "fail", k.Outcome)
 	assert.Len(t, k.Suites[0].Faults, 2)
 }
+
+// TestCancelledBeforeAnyTestIsUnfinished: a package whose guest was stopped
+// by Ctrl-C before any test ran did not fail; it did not finish.
+func TestCancelledBeforeAnyTestIsUnfinished(t *testing.T) {
+	root := t.TempDir()
+	writeRun(t, root, "6.12", []string{ev("output", "", "vmtest: guest 6.12 failed: cancelled\n"), ev("fail", "")},
+		&vmtest.Result{Failure: &vmtest.Failure{Kind: vmtest.FailCancelled, Message: "run stopped before the guest finished"}}, nil)
+	k := &Kernel{Name: "6.12"}
+	require.NoError(t, KernelFromDir(root, filepath.Join(root, "6.12"), k, Options{}))
+	assert.Equal(t, "unfinished", k.Outcome)
+	assert.Equal(t, Counts{Unfinished: 1}, k.Counts)
+}
