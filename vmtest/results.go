@@ -296,18 +296,28 @@ func (r *resultReader) artifactName(n string) (string, error) {
 	if r.current < 0 {
 		return "", errors.New("no command is running")
 	}
-	id := r.res.Commands[r.current].ID
-	switch {
-	case len(name) > maxArtifactPath:
-		return "", fmt.Errorf("path longer than %d bytes", maxArtifactPath)
-	case strings.Count(name, "/") > maxArtifactDepth:
-		return "", fmt.Errorf("path deeper than %d directories", maxArtifactDepth)
-	case strings.ContainsRune(name, 0) || !filepath.IsLocal(name) || filepath.Clean(name) != name:
-		return "", errors.New("not a clean relative path")
-	case !strings.HasPrefix(name, id+"/"):
+	if err := checkRelPath(name); err != nil {
+		return "", err
+	}
+	if id := r.res.Commands[r.current].ID; !strings.HasPrefix(name, id+"/") {
 		return "", fmt.Errorf("not below the directory of the running command %s", id)
 	}
 	return name, nil
+}
+
+// checkRelPath accepts a path from the guest only as a clean relative path
+// of bounded length and depth, which cannot leave the directory it is
+// joined to.
+func checkRelPath(p string) error {
+	switch {
+	case len(p) > maxArtifactPath:
+		return fmt.Errorf("path longer than %d bytes", maxArtifactPath)
+	case strings.Count(p, "/") > maxArtifactDepth:
+		return fmt.Errorf("path deeper than %d directories", maxArtifactDepth)
+	case strings.ContainsRune(p, 0) || !filepath.IsLocal(p) || filepath.Clean(p) != p:
+		return errors.New("not a clean relative path")
+	}
+	return nil
 }
 
 func (r *resultReader) startArtifact(f proto.Frame) {
@@ -344,9 +354,8 @@ func (r *resultReader) startOutFile(f proto.Frame) {
 	path := outs[i].Host
 	if sub {
 		rel, err := proto.UnescapeName(rest)
-		if err == nil && (len(rel) > maxArtifactPath || strings.Count(rel, "/") > maxArtifactDepth ||
-			!filepath.IsLocal(rel) || filepath.Clean(rel) != rel || strings.ContainsRune(rel, 0)) {
-			err = errors.New("not a clean relative path")
+		if err == nil {
+			err = checkRelPath(rel)
 		}
 		if err != nil {
 			r.protoErr("output file %.80q refused: %v", f.Name, err)
