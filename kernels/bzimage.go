@@ -2,17 +2,24 @@ package kernels
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 )
 
-// x86 boot protocol: "HdrS" at 0x202 marks a bzImage; the u16 at 0x20e
-// points (minus 0x200) at the NUL-terminated kernel version string.
+// x86 boot protocol (Documentation/arch/x86/boot.rst): "HdrS" at 0x202 marks
+// a bzImage; the u16 at 0x20e points (minus 0x200) at the NUL-terminated
+// kernel version string; the byte at 0x1f1 counts the 512-byte setup sectors
+// (0 means 4) and the u32 at 0x1f4 the 16-byte paragraphs of the
+// protected-mode kernel after them.
 const (
 	bzMagicOff      = 0x202
 	bzVersionPtrOff = 0x20e
+	bzSetupSectsOff = 0x1f1
+	bzSysSizeOff    = 0x1f4
+	bzHeaderSize    = 0x210
 )
 
 var bzMagic = []byte("HdrS")
@@ -42,7 +49,7 @@ func bzImageRelease(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	hdr := make([]byte, 0x210)
+	hdr := make([]byte, bzHeaderSize)
 	if _, err := io.ReadFull(f, hdr); err != nil {
 		return "", fmt.Errorf("%s: not a bzImage: %w", path, err)
 	}
@@ -66,4 +73,43 @@ func bzImageRelease(path string) (string, error) {
 		return "", fmt.Errorf("%s: bzImage has an empty version string", path)
 	}
 	return string(s), nil
+}
+
+// CheckBzImage checks that path holds a whole x86 bzImage, so that a
+// truncated download or a file that is no kernel fails with a message that
+// says so, before QEMU boots it into a triple fault that prints nothing: the
+// boot header must be there, and the file as long as the setup code and
+// the protected-mode kernel it announces.
+func CheckBzImage(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	if st.IsDir() {
+		return fmt.Errorf("kernel %s is a directory, not a bzImage", path)
+	}
+	var hdr [bzHeaderSize]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("kernel %s: %d bytes is too small for a kernel image", path, st.Size())
+		}
+		return fmt.Errorf("kernel %s: %w", path, err)
+	}
+	if !bytes.Equal(hdr[bzMagicOff:bzMagicOff+4], bzMagic) {
+		return fmt.Errorf("kernel %s is not an x86 bzImage (no \"HdrS\" boot header): give a bzImage (arch/x86/boot/bzImage), not vmlinux or a compressed archive", path)
+	}
+	setup := int64(hdr[bzSetupSectsOff])
+	if setup == 0 {
+		setup = 4
+	}
+	want := (setup+1)*512 + int64(binary.LittleEndian.Uint32(hdr[bzSysSizeOff:bzSysSizeOff+4]))*16
+	if st.Size() < want {
+		return fmt.Errorf("kernel %s is truncated: %d bytes, its boot header says at least %d", path, st.Size(), want)
+	}
+	return nil
 }

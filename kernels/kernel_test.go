@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
@@ -71,4 +72,36 @@ func TestBzImage(t *testing.T) {
 	require.NoError(t, os.WriteFile(elf, fakeELF(), 0o644))
 	_, err = bzImageRelease(elf)
 	assert.ErrorContains(t, err, "not a bzImage")
+}
+
+func TestCheckBzImage(t *testing.T) {
+	dir := t.TempDir()
+	whole := fakeBzImage("6.1.0-1-cloud-amd64", 0)
+	whole[bzSetupSectsOff] = 1                                     // 2 × 512 bytes of setup
+	binary.LittleEndian.PutUint32(whole[bzSysSizeOff:], 0x1000/16) // then 4 KiB of kernel
+	whole = append(whole, make([]byte, 0x400+0x1000-len(whole))...)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, b, 0o644))
+		return p
+	}
+	tests := []struct {
+		path, want string
+	}{
+		{write("whole", whole), ""},
+		{write("signed", append(append([]byte(nil), whole...), make([]byte, 1472)...)), ""},
+		{write("truncated", whole[:len(whole)-1]), "is truncated"},
+		{write("small", whole[:0x100]), "too small"},
+		{write("vmlinux", append([]byte("\x7fELF"), make([]byte, 0x1000)...)), "not an x86 bzImage"},
+		{dir, "is a directory"},
+		{filepath.Join(dir, "missing"), "no such file"},
+	}
+	for _, tt := range tests {
+		err := CheckBzImage(tt.path)
+		if tt.want == "" {
+			assert.NoError(t, err, tt.path)
+		} else {
+			assert.ErrorContains(t, err, tt.want, tt.path)
+		}
+	}
 }

@@ -252,8 +252,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	if err := CheckKernelImage(opts.Kernel); err != nil {
-		return nil, err
+	if err := kernels.CheckBzImage(opts.Kernel); err != nil {
+		return nil, fmt.Errorf("vmtest: %w", err)
 	}
 	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("vmtest: %w", err)
