@@ -337,7 +337,7 @@ func writeImage(dst string, opts Options, key []byte) error {
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
-			return fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-'", c.ID)
+			return fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-', not only dots (vmtest.CommandID makes one)", c.ID)
 		}
 		guest := guestBinDir + "/" + c.ID
 		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
@@ -379,15 +379,28 @@ func trimCompression(name string) string {
 }
 
 func validID(id string) bool {
-	if id == "" {
-		return false
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
-			return false
+	return id != "" && strings.Trim(id, ".") != "" && strings.IndexFunc(id, func(r rune) bool { return !idRune(r) }) < 0
+}
+
+// idRune reports whether r may stand in a command ID.
+func idRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+}
+
+// CommandID makes a valid Command.ID of name: what an ID cannot hold becomes
+// '_' (Go allows package directories such as "a+b" or "ünï"), and a name of
+// dots alone or nothing becomes "test".
+func CommandID(name string) string {
+	id := strings.Map(func(r rune) rune {
+		if idRune(r) {
+			return r
 		}
+		return '_'
+	}, name)
+	if strings.Trim(id, ".") == "" {
+		return "test"
 	}
-	return true
+	return id
 }
 
 func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []string {

@@ -251,20 +251,9 @@ func moduleRoot(dir string) string {
 	}
 }
 
-// commandID names the guest command after the binary (pkg.test -> pkg),
-// with what a command ID cannot hold made '_': Go allows package
-// directories such as "a+b" or "ünï".
+// commandID names the guest command after the binary (pkg.test -> pkg).
 func commandID(bin string) string {
-	id := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
-			return r
-		}
-		return '_'
-	}, strings.TrimSuffix(filepath.Base(bin), ".test"))
-	if strings.Trim(id, ".") == "" {
-		return "test"
-	}
-	return id
+	return vmtest.CommandID(strings.TrimSuffix(filepath.Base(bin), ".test"))
 }
 
 // runName names the results directory of one boot after the package's
