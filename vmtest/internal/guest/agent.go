@@ -157,6 +157,7 @@ type agent struct {
 	outputOver atomic.Bool  // the output cap was reached and reported
 	artBytes   int64
 	artFiles   int
+	filesOver  bool // the cap on files was reached and reported
 }
 
 // logf reports something worth knowing both on the console and to the host.
@@ -364,12 +365,11 @@ func (a *agent) sendArtifacts(id, dir string) {
 			a.logf("artifact %s: not a regular file (%s), not sent", rel, d.Type())
 			return nil
 		}
-		if a.limits.ArtifactFiles > 0 && a.artFiles >= a.limits.ArtifactFiles {
-			a.faultf("artifacts over the cap of %d files per boot (-max-artifact-files): %s and the rest not sent", a.limits.ArtifactFiles, rel)
-			return filepath.SkipAll
-		}
 		return a.sendFile(proto.TypeFile, proto.EscapeName(rel), p)
 	})
+	if errors.Is(err, errFilesCap) {
+		return
+	}
 	if err != nil {
 		a.faultf("send artifacts of %s: %v", id, err)
 	}
@@ -381,7 +381,7 @@ func (a *agent) sendOutputs(outputs []proto.Output) {
 	for i, o := range outputs {
 		if !o.Dir {
 			if st, err := os.Stat(o.Path); err == nil && st.Mode().IsRegular() {
-				if err := a.sendFile(proto.TypeOutFile, strconv.Itoa(i), o.Path); err != nil {
+				if err := a.sendFile(proto.TypeOutFile, strconv.Itoa(i), o.Path); err != nil && !errors.Is(err, errFilesCap) {
 					a.faultf("send output %s: %v", o.Path, err)
 				}
 			}
@@ -397,11 +397,15 @@ func (a *agent) sendOutputs(outputs []proto.Output) {
 			}
 			return a.sendFile(proto.TypeOutFile, strconv.Itoa(i)+"/"+proto.EscapeName(rel), p)
 		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, errFilesCap) {
 			a.faultf("send output %s: %v", o.Path, err)
 		}
 	}
 }
+
+// errFilesCap stops sending files: the cap on their number was reached
+// (and reported).
+var errFilesCap = errors.New("file cap reached")
 
 // sendFile streams the file at path in frames of type typ (then
 // TypeFileMore) named name, within the caps on artifacts.
@@ -421,8 +425,11 @@ func (a *agent) sendFile(typ, name, path string) error {
 		return nil
 	}
 	if a.limits.ArtifactFiles > 0 && a.artFiles >= a.limits.ArtifactFiles {
-		a.faultf("files over the cap of %d per boot (-max-artifact-files): %s not sent", a.limits.ArtifactFiles, path)
-		return nil
+		if !a.filesOver {
+			a.filesOver = true
+			a.faultf("files over the cap of %d per boot (-max-artifact-files): %s and the rest not sent", a.limits.ArtifactFiles, path)
+		}
+		return errFilesCap
 	}
 	a.artFiles++
 	a.artBytes += size

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -84,4 +86,35 @@ func TestFrameWriterKeepsToTheCap(t *testing.T) {
 	assert.Len(t, out, 1, "only what fits in the cap is sent")
 	require.Len(t, faults, 1, "the cap is reported once")
 	assert.Contains(t, faults[0], "-max-output")
+}
+
+// TestSendFilesKeepsToTheFileCap: past the cap on files, nothing more is
+// sent and the cap is reported once, whether artifacts or outputs reach it.
+func TestSendFilesKeepsToTheFileCap(t *testing.T) {
+	var b bytes.Buffer
+	key := bytes.Repeat([]byte{1}, proto.KeySize)
+	a := &agent{w: proto.NewWriter(&b, key), limits: proto.Limits{ArtifactFiles: 2}}
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b", "c", "d"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644))
+	}
+	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}, {Path: filepath.Join(dir, "a")}})
+	r := proto.NewReader(&b, key)
+	files, faults := 0, 0
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		switch f.Type {
+		case proto.TypeOutFile:
+			files++
+		case proto.TypeFault:
+			faults++
+			assert.Contains(t, string(f.Payload), "-max-artifact-files")
+		}
+	}
+	assert.Equal(t, 2, files)
+	assert.Equal(t, 1, faults)
 }
