@@ -106,7 +106,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 		if opts.Self == "" || opts.Init == InitURoot {
 			return "", fmt.Errorf("base image: %w", err)
 		}
-		return selfBase(opts, progress)
+		return selfBase(ctx, opts, progress)
 	}
 	// The agent alone: u-root's init is not needed, and every megabyte of
 	// image costs about 10 ms of unpacking under software emulation.
@@ -172,21 +172,10 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 		// One busybox binary: much smaller than a binary a command.
 		mods = append(mods, uimage.WithCommands(buildOpts, builder.Busybox, cmds...))
 	}
-	built := make(chan error, 1)
-	go func() {
-		built <- uimage.Create(logger, mods...)
-	}()
-	select {
-	case err = <-built:
-	case <-ctx.Done():
-		go func() {
-			<-built
-			os.RemoveAll(tmpDir)
-		}()
-		return "", fmt.Errorf("build base image: %w", ctx.Err())
-	}
-	defer os.RemoveAll(tmpDir)
-	if err != nil {
+	if err := buildUImage(ctx, tmpDir, logger, mods...); err != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("build base image: %w", err)
+		}
 		return "", fmt.Errorf("build base image with u-root: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -194,6 +183,28 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	pruneImages(opts.CacheDir, time.Now().Add(-imageMaxAge))
 	return path, nil
+}
+
+// buildUImage runs u-root's image builder, which takes no context, on its
+// own, so that a cancelled build returns at once; it then finishes (or
+// fails) in the background and removes tmpDir, and its image is never put in
+// the cache. Otherwise tmpDir is removed when it returns.
+func buildUImage(ctx context.Context, tmpDir string, logger *llog.Logger, mods ...uimage.Modifier) error {
+	built := make(chan error, 1)
+	go func() {
+		built <- uimage.Create(logger, mods...)
+	}()
+	select {
+	case err := <-built:
+		os.RemoveAll(tmpDir)
+		return err
+	case <-ctx.Done():
+		go func() {
+			<-built
+			os.RemoveAll(tmpDir)
+		}()
+		return ctx.Err()
+	}
 }
 
 // imageMaxAge is how long a base image nobody used stays in the cache. Each

@@ -1,7 +1,17 @@
 package images
 
 import (
+	"context"
 	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"os/exec"
+	"runtime/debug"
+	"strings"
+
+	"github.com/u-root/gobusybox/src/pkg/golang"
+	"github.com/u-root/mkuimage/uimage/builder"
+	"github.com/u-root/uio/llog"
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
@@ -47,10 +57,13 @@ func SharedLibraries(path string) ([]File, error) {
 
 // selfBase builds (or finds in the cache) a base image whose agent is the
 // program self, for a vmtest installed with go install: it needs no source
-// and no Go build at run time. self must act as the agent when it runs as
-// PID 1 (vmtest's main does). The image is larger than a built one (the
-// whole vmtest program), which costs some unpacking time at each boot.
-func selfBase(opts BaseOptions, progress io.Writer) (string, error) {
+// and no Go build of the agent at run time. self must act as the agent when
+// it runs as PID 1 (vmtest's main does). The image is larger than a built
+// one (the whole vmtest program), which costs some unpacking time at each
+// boot. The commands (uname, ip...) are u-root's, built once with the Go
+// toolchain from the u-root version vmtest was built with (as go install
+// would fetch it); where that fails the image has none, and says why.
+func selfBase(ctx context.Context, opts BaseOptions, progress io.Writer) (string, error) {
 	data, err := os.ReadFile(opts.Self)
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
@@ -59,8 +72,13 @@ func selfBase(opts BaseOptions, progress io.Writer) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
+	cmds := opts.Commands
+	if cmds == nil {
+		cmds = DefaultCommands
+	}
+	uroot := urootVersion()
 	h := sha256.New()
-	fmt.Fprintf(h, "vmtest-self-v1\n")
+	fmt.Fprintf(h, "vmtest-self-v2\n%s %q\n", uroot, cmds)
 	h.Write(data)
 	for _, l := range libs {
 		if st, err := os.Stat(l.Host); err == nil {
@@ -68,7 +86,11 @@ func selfBase(opts BaseOptions, progress io.Writer) (string, error) {
 		}
 	}
 	key := hex.EncodeToString(h.Sum(nil))
-	path := filepath.Join(opts.CacheDir, "base-self-"+key[:24]+".cpio")
+	kind := "self"
+	if len(cmds) > 0 {
+		kind += "-cmds"
+	}
+	path := filepath.Join(opts.CacheDir, "base-"+kind+"-"+key[:24]+".cpio")
 	if _, err := os.Stat(path); err == nil {
 		now := time.Now()
 		_ = os.Chtimes(path, now, now) // in use, for pruneImages
@@ -106,6 +128,24 @@ func selfBase(opts BaseOptions, progress io.Writer) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
+	if len(cmds) > 0 {
+		withCmds := tmp.Name() + ".cmds"
+		defer os.Remove(withCmds)
+		err := buildCommands(ctx, opts, uroot, cmds, recs, withCmds, progress)
+		switch {
+		case ctx.Err() != nil:
+			return "", fmt.Errorf("build base image: %w", ctx.Err())
+		case err != nil:
+			// Kept as the image without commands; the next run tries
+			// again (say, once online), and warns again.
+			fmt.Fprintf(progress, "vmtest: WARNING: the guest gets no commands (uname, ip, mount...; tests that run them fail): %v\n", err)
+			path = filepath.Join(opts.CacheDir, "base-self-"+key[:24]+".cpio")
+		default:
+			if err := os.Rename(withCmds, tmp.Name()); err != nil {
+				return "", fmt.Errorf("base image: %w", err)
+			}
+		}
+	}
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -114,4 +154,61 @@ func selfBase(opts BaseOptions, progress io.Writer) (string, error) {
 	}
 	pruneImages(opts.CacheDir, time.Now().Add(-imageMaxAge))
 	return path, nil
+}
+
+// urootVersion is the version of u-root this program was built with.
+func urootVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/u-root/u-root" {
+				if d.Replace != nil {
+					return d.Replace.Version
+				}
+				return d.Version
+			}
+		}
+	}
+	return ""
+}
+
+// buildCommands writes to dst the archive recs plus u-root's busybox of
+// cmds, built in a scratch module that requires u-root at version.
+func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds []string, recs []cpio.Record, dst string, progress io.Writer) error {
+	if version == "" || version == "(devel)" {
+		return errors.New("this vmtest program does not say which u-root it was built with")
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		return fmt.Errorf("building them needs the go command: %w", err)
+	}
+	dir, err := os.MkdirTemp(opts.CacheDir, "cmds-")
+	if err != nil {
+		return err
+	}
+	mod := fmt.Sprintf("module vmtest.local/guestcommands\n\ngo 1.22\n\nrequire github.com/u-root/u-root %s\n", version)
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(mod), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	base, err := cpio.ArchiveFromRecords(recs)
+	if err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	fmt.Fprintf(progress, "building the guest's commands from u-root %s (once)...\n", version)
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()),
+		golang.WithWorkingDir(dir), golang.WithMod("mod"))
+	buildOpts := &golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}
+	var log strings.Builder
+	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(&log, format+"\n", args...) })
+	err = buildUImage(ctx, dir, logger,
+		uimage.WithReplaceEnv(env),
+		uimage.WithTempDir(dir),
+		uimage.WithSkipLDD(),
+		uimage.WithBaseArchive(base),
+		uimage.WithCommands(buildOpts, builder.Busybox, cmds...),
+		uimage.WithCPIOOutput(dst))
+	if err != nil && log.Len() > 0 {
+		err = fmt.Errorf("%w: %s", err, strings.TrimSpace(log.String()))
+	}
+	return err
 }

@@ -61,8 +61,15 @@ type Options struct {
 	// Modules are kernel modules to load before the first command, in load
 	// order.
 	Modules []Module
-	// Files are extra files for the guest (testdata and the like).
+	// Files are extra files for the guest's initramfs (small ones: the
+	// kernel's config, C libraries). Trees go in Shares.
 	Files []images.File
+	// Shares are host trees (the test's Go module, -share paths) the guest
+	// sees at their own paths, read from a disk as they are opened.
+	Shares []Share
+	// ModuleTree, when set, gives the guest all of the kernel's modules,
+	// loaded when the kernel asks for one (see ModulesDisk).
+	ModuleTree *ModuleTree
 	// Env is added to each command's environment in the guest.
 	Env []string
 
@@ -274,8 +281,17 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	drives, mounts, err := opts.disks(ctx, opts.OutDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range drives {
+		if !d.readOnly {
+			defer os.Remove(d.path)
+		}
+	}
 	initrd := filepath.Join(opts.OutDir, "initramfs.cpio")
-	if err := writeImage(initrd, opts, key); err != nil {
+	if err := writeImage(initrd, opts, key, mounts); err != nil {
 		return nil, err
 	}
 	defer os.Remove(initrd)
@@ -290,7 +306,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for _, c := range opts.Commands {
 		res.Commands = append(res.Commands, CommandResult{ID: c.ID})
 	}
-	err = boot(ctx, qemu, initrd, accel, opts, key, res)
+	err = boot(ctx, qemu, initrd, drives, accel, opts, key, res)
 	if werr := writeResult(res); werr != nil && err == nil {
 		err = werr
 	}
@@ -332,8 +348,8 @@ func (o *Options) check() error {
 	return nil
 }
 
-func writeImage(dst string, opts Options, key []byte) error {
-	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto()}
+func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error {
+	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto(), Disks: disks}
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
@@ -403,7 +419,7 @@ func CommandID(name string) string {
 	return id
 }
 
-func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []string {
+func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, resultFD int) []string {
 	mem, cpus := opts.MemoryMB, opts.CPUs
 	if mem == 0 {
 		mem = 512
@@ -441,10 +457,13 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, resultFD int) []st
 	} else {
 		args = append(args, "-chardev", "null,id=res", "-serial", "chardev:res")
 	}
+	for i, d := range drives {
+		args = append(args, d.qemuArgs(i)...)
+	}
 	return args
 }
 
-func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Options, key []byte, res *Result) error {
+func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelChoice, opts Options, key []byte, res *Result) error {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
@@ -470,7 +489,7 @@ func boot(ctx context.Context, qemu, initrd string, accel AccelChoice, opts Opti
 	defer consoleLog.Close()
 
 	// QEMU gets the guest end as fd 3 (the first of ExtraFiles).
-	cmd := exec.Command(qemu, qemuArgs(opts, accel, initrd, 3)...)
+	cmd := exec.Command(qemu, qemuArgs(opts, accel, initrd, drives, 3)...)
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A pipe of our own rather than StdoutPipe: Wait runs while the console
@@ -625,7 +644,7 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	defer cancel()
 	// The floor has no result port: an unconnected chardev keeps the
 	// machine identical to Run's.
-	args := qemuArgs(opts, res.Accel, initramfs, -1)
+	args := qemuArgs(opts, res.Accel, initramfs, nil, -1)
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var out strings.Builder

@@ -41,6 +41,7 @@ type vmFlags struct {
 	files      int
 	share      string
 	shareLimit sizeFlag
+	autoload   bool
 	commands   bool
 }
 
@@ -65,8 +66,9 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.files, vmtest.FlagMaxArtifactFiles[1:], 10000, "most artifact files one boot may send; more fails the run")
 	fs.BoolVar(&f.commands, "commands", true, "put u-root's uname, ip, mount, ls, grep... on the guest's PATH for tests that run them (about 5 MB of image; -commands=false for the smallest image)")
 	fs.StringVar(&f.share, "share", "", "comma-separated host paths to put in the guest at the same paths, besides the test's Go module (say a data directory)")
-	f.shareLimit = 64 << 20
-	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to put in the guest image; more fails before boot")
+	f.shareLimit = 1 << 30
+	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to give the guest; they go on a disk the guest reads as files are opened, so size costs the boot little but the host a copy where a hard link is not possible; more fails before boot")
+	fs.BoolVar(&f.autoload, "autoload", true, "give the guest all of the kernel's modules (a disk image made once per kernel) and load one when the kernel asks for it, as modprobe does on a host (a test creating a geneve link or a flower filter needs no -modules)")
 }
 
 // check refuses flag values no guest can run with.
@@ -108,6 +110,7 @@ func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
 		Kernel:     p.kernel.Image,
 		BaseImage:  base,
 		Modules:    p.modules,
+		ModuleTree: p.moduleTree,
 		Accel:      f.accel,
 		AccelCache: p.accelCache,
 		QEMU:       f.qemu,
@@ -196,6 +199,9 @@ func (f *vmFlags) args() []string {
 	if !f.commands {
 		a = append(a, "-commands=false")
 	}
+	if !f.autoload {
+		a = append(a, "-autoload=false")
+	}
 	a = append(a, "-share-limit", f.shareLimit.String())
 	a = append(a, vmtest.FlagMaxOutput, f.limits.output.String(), vmtest.FlagMaxArtifacts, f.limits.artifacts.String(),
 		vmtest.FlagMaxArtifactFiles, fmt.Sprint(f.files))
@@ -216,6 +222,7 @@ func (f *vmFlags) moduleNames() []string {
 type prepared struct {
 	kernel     *kernels.Kernel
 	modules    []vmtest.Module
+	moduleTree *vmtest.ModuleTree // nil without -autoload or modules
 	base       string
 	accelCache string // where the KVM probe's answer is kept
 }
@@ -234,6 +241,11 @@ func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepar
 	p := &prepared{kernel: k, accelCache: filepath.Join(cache.Dir, "accel-probe.json")}
 	if p.modules, err = vmtest.KernelModules(k, f.moduleNames()...); err != nil {
 		return nil, err
+	}
+	if f.autoload && k.ModulesDir != "" {
+		if p.moduleTree, err = vmtest.ModulesDisk(ctx, k, cache.Dir); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }

@@ -66,7 +66,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	files, err := guestFiles(cwd, &f, p)
+	files, shares, err := guestFiles(cwd, &f, p)
 	if err != nil {
 		return 1, err
 	}
@@ -76,6 +76,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	opts.Commands = []vmtest.Command{{ID: id, Binary: bin, Args: binArgs, Dir: cwd, Outputs: outputs}}
 	opts.Env = env
 	opts.Files = files
+	opts.Shares = shares
 	opts.OutDir = outDir
 	opts.Output = os.Stdout
 	if f.console {
@@ -174,13 +175,18 @@ func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtes
 
 // guestFiles is what the guest gets besides the binary: the files of the Go
 // module around dir (or dir alone outside a module) and the paths of -share,
-// each at its own path, and the kernel's config where tests look for it.
-func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
+// each at its own path (shares, on a disk), and for the initramfs the
+// kernel's config where tests look for it and the C libraries of a program
+// named by -share.
+func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, []vmtest.Share, error) {
 	roots := []string{moduleRoot(dir)}
 	for _, s := range splitList(f.share) {
 		abs, err := filepath.Abs(s)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if abs == "/" {
+			return nil, nil, errors.New("-share /: name the directories the tests need, not the whole host")
 		}
 		roots = append(roots, abs)
 	}
@@ -192,16 +198,17 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 	}
 	opts.SkipPaths = append(opts.SkipPaths, ignoredDirs(roots[0])...)
 	var files []images.File
+	var shares []vmtest.Share
 	var total int64
 	for _, r := range roots {
 		fs, size, err := images.Tree(r, opts)
 		if errors.Is(err, images.ErrTooBig) {
-			return nil, fmt.Errorf("files for the guest under %s: %w; share less, or raise -share-limit (now %s)", r, err, f.shareLimit.String())
+			return nil, nil, fmt.Errorf("files for the guest under %s: %w; share less, or raise -share-limit (now %s)", r, err, f.shareLimit.String())
 		}
 		if err != nil {
-			return nil, fmt.Errorf("files for the guest under %s: %w", r, err)
+			return nil, nil, fmt.Errorf("files for the guest under %s: %w", r, err)
 		}
-		files = append(files, fs...)
+		shares = append(shares, vmtest.Share{Path: r, Files: fs})
 		if len(fs) == 1 && fs[0].Host == r {
 			// A program named by -share (say /bin/bash, for a test that
 			// runs it) gets its C libraries too.
@@ -211,13 +218,13 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, error) {
 			}
 		}
 		if total += size; total > int64(f.shareLimit) {
-			return nil, fmt.Errorf("files for the guest: %d bytes in %s, over -share-limit %s", total, strings.Join(roots, ", "), f.shareLimit.String())
+			return nil, nil, fmt.Errorf("files for the guest: %d bytes in %s, over -share-limit %s", total, strings.Join(roots, ", "), f.shareLimit.String())
 		}
 	}
 	if p.kernel.Config != "" && p.kernel.Release != "" {
 		files = append(files, images.File{Guest: "/boot/config-" + p.kernel.Release, Host: p.kernel.Config})
 	}
-	return files, nil
+	return files, shares, nil
 }
 
 // ignoredDirs lists the directories git ignores in the checkout holding dir

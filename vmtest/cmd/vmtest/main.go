@@ -74,7 +74,7 @@ Run "vmtest run -h", "vmtest exec -h" or "vmtest bench -h" for flags.
 func main() {
 	// In a guest whose image was made of this program (no source to build
 	// the agent from, see images.BaseOptions.Self), it is the agent.
-	if os.Getpid() == 1 || filepath.Base(os.Args[0]) == "vmtest-guest" {
+	if base := filepath.Base(os.Args[0]); os.Getpid() == 1 || base == "vmtest-guest" || base == "modprobe" {
 		guest.Main()
 	}
 	if len(os.Args) < 2 {

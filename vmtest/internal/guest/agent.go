@@ -29,6 +29,11 @@ import (
 // Main runs the agent and never returns: the VM is powered off at the end,
 // whatever happened, so the host sees the guest exit rather than a hang.
 func Main() {
+	if filepath.Base(os.Args[0]) == "modprobe" {
+		// The kernel's request_module, or a test, runs the agent as
+		// modprobe (serveModprobe).
+		os.Exit(Modprobe(os.Args[1:], os.Stderr))
+	}
 	log.SetPrefix("vmtest-guest: ")
 	log.SetFlags(0)
 	var rootfs <-chan []error
@@ -88,6 +93,7 @@ func run(rootfs <-chan []error) error {
 	}
 	a.setup()
 	a.loadModules(job.Modules)
+	a.mountDisks(job.Disks)
 	for _, c := range job.Commands {
 		a.runCommand(c, job.Env)
 	}

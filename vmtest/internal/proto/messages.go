@@ -40,6 +40,26 @@ type Job struct {
 	// Limits are the caps the host enforces; the agent keeps within them
 	// rather than sending what the host would refuse.
 	Limits Limits `json:"limits"`
+	// Disks are file system images the host attached, mounted by the agent
+	// after the modules of Modules are loaded and before any command runs.
+	Disks []Disk `json:"disks,omitempty"`
+}
+
+// Disk is an ext4 image the host attaches as an NVMe drive (built into
+// every kernel of the matrix, as ext4 is, so no module is needed). Files on
+// it are read when a program opens them: a large module tree, GOROOT or all
+// of a kernel's modules cost a boot nothing until used.
+type Disk struct {
+	// Label is the file system's volume label, by which the agent finds
+	// the drive (device names depend on probe order).
+	Label string `json:"label"`
+	// Dir is where the agent mounts it.
+	Dir      string `json:"dir"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+	// Binds are absolute paths whose copy on the disk (at the same path
+	// below Dir) the agent bind-mounts at that path of the root, so that a
+	// module checked out at /tmp/x is at /tmp/x in the guest too.
+	Binds []string `json:"binds,omitempty"`
 }
 
 // Limits cap what one boot may send to the host. Zero means no cap.
@@ -108,6 +128,14 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	for _, v := range j.Env {
 		e.put("env", v)
 	}
+	for _, d := range j.Disks {
+		ro := "rw"
+		if d.ReadOnly {
+			ro = "ro"
+		}
+		e.put("disk", d.Label, d.Dir, ro, strconv.Itoa(len(d.Binds)))
+		e.put(d.Binds...)
+	}
 	for _, c := range j.Commands {
 		e.put("cmd", c.ID, c.Path, c.Dir, strconv.Itoa(len(c.Args)))
 		e.put(c.Args...)
@@ -154,6 +182,18 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 			j.Modules = append(j.Modules, d.next())
 		case "env":
 			j.Env = append(j.Env, d.next())
+		case "disk":
+			k := Disk{Label: d.next(), Dir: d.next()}
+			ro := d.next()
+			n, err := strconv.Atoi(d.next())
+			if err != nil || n < 0 || n > len(d.s) || ro != "ro" && ro != "rw" {
+				return fmt.Errorf("job: disk %q: bad entry", k.Label)
+			}
+			k.ReadOnly = ro == "ro"
+			for range n {
+				k.Binds = append(k.Binds, d.next())
+			}
+			j.Disks = append(j.Disks, k)
 		case "cmd":
 			c := Command{ID: d.next(), Path: d.next(), Dir: d.next()}
 			n, err := strconv.Atoi(d.next())

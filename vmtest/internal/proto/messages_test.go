@@ -23,6 +23,10 @@ func TestJobRoundTrip(t *testing.T) {
 			ResultPort: "/dev/hvc0",
 			Key:        bytes.Repeat([]byte{0xa5}, KeySize),
 			Limits:     Limits{Output: 1 << 30, ArtifactBytes: 5, ArtifactFiles: 7},
+			Disks: []Disk{
+				{Label: "vmtmods", Dir: "/lib/modules/6.1", ReadOnly: true},
+				{Label: "vmtshare", Dir: "/.vmtest/share", Binds: []string{"/tmp/a b", "/bin/bash"}},
+			},
 		},
 	}
 	for _, j := range tests {

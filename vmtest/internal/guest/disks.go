@@ -1,0 +1,151 @@
+//go:build linux
+
+package guest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/vmtest/vmtest/internal/proto"
+)
+
+// diskWait bounds how long the agent waits for the drives the host attached
+// to appear: NVMe namespaces are found asynchronously, some tens of
+// milliseconds into user space under emulation.
+const diskWait = 20 * time.Second
+
+// mountDisks mounts the job's disks and binds their trees. A disk that does
+// not mount is a fault: the tests would fail later, far from the cause.
+func (a *agent) mountDisks(disks []proto.Disk) {
+	if len(disks) == 0 {
+		return
+	}
+	devs, err := findDisks(disks, diskWait)
+	if err != nil {
+		a.faultf("%v", err)
+	}
+	for _, d := range disks {
+		dev, ok := devs[d.Label]
+		if !ok {
+			continue
+		}
+		if err := mountDisk(dev, d); err != nil {
+			a.faultf("disk %s: %v", d.Label, err)
+			continue
+		}
+		if strings.HasPrefix(d.Dir, "/lib/modules/") {
+			if err := serveModprobe(); err != nil {
+				a.faultf("modprobe for the kernel: %v", err)
+			}
+		}
+	}
+}
+
+func mountDisk(dev string, d proto.Disk) error {
+	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
+		return err
+	}
+	flags := uintptr(unix.MS_NOATIME)
+	if d.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(dev, d.Dir, "ext4", flags, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", dev, d.Dir, err)
+	}
+	for _, p := range d.Binds {
+		src := filepath.Join(d.Dir, p)
+		st, err := os.Stat(src)
+		if err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+		// The mount point: a directory, or an empty file for a file.
+		if st.IsDir() {
+			err = os.MkdirAll(p, 0o755)
+		} else if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o644); err == nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+		if err := unix.Mount(src, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// findDisks maps the labels of disks to their block devices, waiting up to
+// wait for them to appear.
+func findDisks(disks []proto.Disk, wait time.Duration) (map[string]string, error) {
+	found := map[string]string{}
+	deadline := time.Now().Add(wait)
+	for {
+		ents, _ := os.ReadDir("/sys/block")
+		for _, e := range ents {
+			name := e.Name()
+			if !strings.HasPrefix(name, "nvme") {
+				continue
+			}
+			dev := "/dev/" + name
+			if l, err := ext4Label(dev); err == nil && l != "" {
+				if _, dup := found[l]; !dup {
+					found[l] = dev
+				}
+			}
+		}
+		var missing []string
+		for _, d := range disks {
+			if _, ok := found[d.Label]; !ok {
+				missing = append(missing, d.Label)
+			}
+		}
+		if len(missing) == 0 {
+			return found, nil
+		}
+		if time.Now().After(deadline) {
+			return found, fmt.Errorf("disks %s did not appear within %s (the kernel found: %s)", strings.Join(missing, ", "), wait, blockDevices())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// ext4Label reads the volume label of the ext4 file system on dev.
+func ext4Label(dev string) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	// The superblock is at 1024; its magic at 0x38, the label at 0x78.
+	sb := make([]byte, 0x88)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return "", err
+	}
+	if binary.LittleEndian.Uint16(sb[0x38:]) != 0xef53 {
+		return "", fmt.Errorf("%s: not ext4", dev)
+	}
+	label, _, _ := bytes.Cut(sb[0x78:0x88], []byte{0})
+	return string(label), nil
+}
+
+func blockDevices() string {
+	ents, _ := os.ReadDir("/sys/block")
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(names) == 0 {
+		return "no block device"
+	}
+	return strings.Join(names, ", ")
+}
