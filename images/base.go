@@ -149,7 +149,9 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
-	tmp := filepath.Join(tmpDir, "base.cpio")
+	// Beside tmpDir, which buildUImage removes.
+	tmp := tmpDir + ".cpio"
+	defer os.Remove(tmp)
 
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })

@@ -384,3 +384,35 @@ func TestDynamicBinaries(t *testing.T) {
 	_, _, code = runVMTest(t, "exec", "-results", t.TempDir(), "/bin/true")
 	assert.Equal(t, 0, code, "/bin/true ran in the guest")
 }
+
+// TestGuestFeaturesOnAndOff: a test that needs a feature of the guest
+// passes with it and fails, saying why, with it switched off. Autoload: the
+// kernel's request for geneve, sch_ingress and cls_flower is answered by the
+// guest's modprobe from the modules disk. Commands: uname and ip on PATH.
+func TestGuestFeaturesOnAndOff(t *testing.T) {
+	tests := []struct {
+		name, run, off, why string
+	}{
+		{"autoload", "^TestAutoload$", "-autoload=false", "add geneve link (module geneve, alias rtnl-link-geneve): operation not supported"},
+		{"commands", "^TestCommands$", "-commands=false", `uname -r: exec: "uname": executable file not found in $PATH`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, on := range []bool{true, false} {
+				args := []string{"run", "-kernel", "6.1", "-results", t.TempDir()}
+				if !on {
+					args = append(args, tt.off)
+				}
+				args = append(args, "--", "go", "test", "./vmtest/testdata/sample", "-run", tt.run, "-v")
+				stdout, _, code := runVMTest(t, args...)
+				if on {
+					assert.Equal(t, 0, code, "passes with the feature")
+					assert.Contains(t, stdout, "1 passed, 0 failed, 0 skipped")
+				} else {
+					assert.Equal(t, 1, code, "fails without the feature (%s)", tt.off)
+					assert.Contains(t, stdout, tt.why)
+				}
+			}
+		})
+	}
+}

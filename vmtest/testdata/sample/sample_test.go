@@ -4,6 +4,7 @@
 package sample
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -280,6 +282,38 @@ func TestCommands(t *testing.T) {
 	for _, c := range []string{"mount", "cat", "ls", "grep", "ps", "insmod", "lsmod"} {
 		if _, err := exec.LookPath(c); err != nil {
 			t.Errorf("%s: %v", c, err)
+		}
+	}
+}
+
+// TestAutoload creates a geneve link, a clsact qdisc and a flower filter
+// without loading their modules: the kernel asks user space for them
+// (request_module), as on a host where modprobe answers.
+func TestAutoload(t *testing.T) {
+	guestOnly(t)
+	g := &netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: "gnv0"}, ID: 42, Remote: net.ParseIP("192.0.2.1")}
+	if err := netlink.LinkAdd(g); err != nil {
+		t.Fatalf("add geneve link (module geneve, alias rtnl-link-geneve): %v", err)
+	}
+	link, err := netlink.LinkByName("gnv0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	if err := netlink.QdiscAdd(q); err != nil {
+		t.Fatalf("add clsact qdisc (module sch_ingress): %v", err)
+	}
+	f := &netlink.Flower{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Protocol: unix.ETH_P_IP, Priority: 1},
+		EthType:     unix.ETH_P_IP,
+	}
+	if err := netlink.FilterAdd(f); err != nil {
+		t.Fatalf("add flower filter (module cls_flower): %v", err)
+	}
+	mods, _ := os.ReadFile("/proc/modules")
+	for _, m := range []string{"geneve", "cls_flower"} {
+		if !strings.Contains(string(mods), m+" ") {
+			t.Errorf("module %s is not loaded:\n%s", m, mods)
 		}
 	}
 }
