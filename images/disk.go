@@ -90,6 +90,10 @@ func WriteDisk(ctx context.Context, dst string, files []File, opts DiskOptions) 
 		}
 		return fmt.Errorf("write disk %s: mke2fs: %w: %s", dst, err, strings.TrimSpace(out.String()))
 	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write disk %s: %w", dst, err)
+	}
 	if err := os.Rename(tmp, dst); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write disk %s: %w", dst, err)

@@ -28,20 +28,27 @@ type Share struct {
 	Files []images.File
 }
 
-// ModuleTree is a kernel's whole modules directory as a disk image
-// (ModulesDisk makes it). The guest mounts it at /lib/modules/<Release> and
-// answers the kernel's requests for modules with it (kernel.modprobe), so
-// that a test creating a geneve link or a flower filter gets the module
-// loaded, as on a host.
-type ModuleTree struct {
-	Image   string
-	Release string
+// DiskTree is a host directory made into a read-only disk image once and
+// kept in the cache (ModulesDisk, GorootDisk), mounted at Dir in the guest.
+// Being read as files are opened, a tree of hundreds of megabytes costs a
+// boot about what one file does.
+type DiskTree struct {
+	Image string
+	// Dir is where the guest mounts it.
+	Dir string
+	// Label is the volume label the guest finds it by.
+	Label string
 }
+
+// GuestPath is the PATH commands get in the guest unless Options.Env sets
+// one: u-root's commands, and modprobe.
+const GuestPath = proto.DefaultPath
 
 // Volume labels the guest agent finds its disks by.
 const (
 	shareLabel   = "vmtshare"
 	modulesLabel = "vmtmods"
+	gorootLabel  = "vmtgoroot"
 	shareMount   = "/.vmtest/share"
 )
 
@@ -91,9 +98,9 @@ func (opts *Options) disks(ctx context.Context, dir string) ([]drive, []proto.Di
 		drives = append(drives, drive{path: img})
 		mounts = append(mounts, proto.Disk{Label: shareLabel, Dir: shareMount, Binds: outermost(binds)})
 	}
-	if m := opts.ModuleTree; m != nil {
-		drives = append(drives, drive{path: m.Image, readOnly: true})
-		mounts = append(mounts, proto.Disk{Label: modulesLabel, Dir: "/lib/modules/" + m.Release, ReadOnly: true})
+	for _, t := range opts.Trees {
+		drives = append(drives, drive{path: t.Image, readOnly: true})
+		mounts = append(mounts, proto.Disk{Label: t.Label, Dir: t.Dir, ReadOnly: true})
 	}
 	return drives, mounts, nil
 }
@@ -128,31 +135,56 @@ func outermost(paths []string) []string {
 	return out
 }
 
-// ModulesDisk returns the disk image of k's modules directory, made once and
-// kept in cacheDir. It needs e2fsprogs (images.ErrNoMke2fs).
-func ModulesDisk(ctx context.Context, k *kernels.Kernel, cacheDir string) (*ModuleTree, error) {
+// ModulesDisk returns the disk of k's modules directory, for the guest's
+// /lib/modules/<release>: the guest then answers the kernel's requests for
+// modules from it (kernel.modprobe), so that a test creating a geneve link
+// or a flower filter gets the module loaded, as on a host. It is made once
+// and kept in cacheDir, and needs e2fsprogs (images.ErrNoMke2fs).
+func ModulesDisk(ctx context.Context, k *kernels.Kernel, cacheDir string) (*DiskTree, error) {
 	if k.ModulesDir == "" || k.Release == "" {
 		return nil, fmt.Errorf("kernel %s has no modules directory", k.Name)
 	}
-	dep, err := os.Stat(filepath.Join(k.ModulesDir, "modules.dep"))
+	img, err := treeDisk(ctx, k.ModulesDir, "modules.dep", modulesLabel, "modules-"+k.Release, cacheDir)
 	if err != nil {
-		return nil, fmt.Errorf("modules of kernel %s: %w", k.Name, err)
+		return nil, fmt.Errorf("modules of kernel %s for the guest: %w", k.Name, err)
 	}
-	// The kernel cache never changes a tree in place; its path and
-	// modules.dep tell one from another.
-	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d", k.ModulesDir, dep.Size(), dep.ModTime().UnixNano()))
-	img := filepath.Join(cacheDir, "disks", "modules-"+k.Release+"-"+hex.EncodeToString(h[:8])+".ext4")
+	return &DiskTree{Image: img, Dir: "/lib/modules/" + k.Release, Label: modulesLabel}, nil
+}
+
+// GorootDisk returns the disk of the Go installation at goroot, for the
+// same path in the guest: tests that read GOROOT's sources (go/importer) or
+// run the go command find them, as with plain go test. Made once per Go
+// version and kept in cacheDir.
+func GorootDisk(ctx context.Context, goroot, cacheDir string) (*DiskTree, error) {
+	img, err := treeDisk(ctx, goroot, "VERSION", gorootLabel, "goroot", cacheDir)
+	if err != nil {
+		return nil, fmt.Errorf("GOROOT %s for the guest: %w", goroot, err)
+	}
+	return &DiskTree{Image: img, Dir: goroot, Label: gorootLabel}, nil
+}
+
+// treeDisk makes (once) the disk image of the regular files below dir. A
+// marker file in dir that changes with its content (modules.dep, VERSION)
+// tells one version from the next.
+func treeDisk(ctx context.Context, dir, marker, label, name, cacheDir string) (string, error) {
+	st, err := os.Stat(filepath.Join(dir, marker))
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d", dir, st.Size(), st.ModTime().UnixNano()))
+	img := filepath.Join(cacheDir, "disks", name+"-"+hex.EncodeToString(h[:8])+".ext4")
 	if _, err := os.Stat(img); err == nil {
-		return &ModuleTree{Image: img, Release: k.Release}, nil
+		return img, nil
 	}
 	var files []images.File
-	err = filepath.WalkDir(k.ModulesDir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		// Links (build/, source/) point at host headers, not modules.
+		// Links (a modules directory's build/ and source/) point at
+		// host headers, not at what the tree is for.
 		if d.Type().IsRegular() {
-			rel, err := filepath.Rel(k.ModulesDir, p)
+			rel, err := filepath.Rel(dir, p)
 			if err != nil {
 				return err
 			}
@@ -161,15 +193,15 @@ func ModulesDisk(ctx context.Context, k *kernels.Kernel, cacheDir string) (*Modu
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("modules of kernel %s: %w", k.Name, err)
+		return "", err
 	}
 	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
-		return nil, err
+		return "", err
 	}
 	// WriteDisk renames into place: a concurrent maker of the same image
 	// writes the same bytes.
-	if err := images.WriteDisk(ctx, img, files, images.DiskOptions{Label: modulesLabel}); err != nil {
-		return nil, fmt.Errorf("modules of kernel %s for the guest: %w", k.Name, err)
+	if err := images.WriteDisk(ctx, img, files, images.DiskOptions{Label: label}); err != nil {
+		return "", err
 	}
-	return &ModuleTree{Image: img, Release: k.Release}, nil
+	return img, nil
 }

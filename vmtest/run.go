@@ -67,9 +67,10 @@ type Options struct {
 	// Shares are host trees (the test's Go module, -share paths) the guest
 	// sees at their own paths, read from a disk as they are opened.
 	Shares []Share
-	// ModuleTree, when set, gives the guest all of the kernel's modules,
-	// loaded when the kernel asks for one (see ModulesDisk).
-	ModuleTree *ModuleTree
+	// Trees are read-only trees made into disks once (ModulesDisk: all of
+	// the kernel's modules, loaded when the kernel asks for one;
+	// GorootDisk).
+	Trees []DiskTree
 	// Env is added to each command's environment in the guest.
 	Env []string
 

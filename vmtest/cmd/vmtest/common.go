@@ -42,6 +42,7 @@ type vmFlags struct {
 	share      string
 	shareLimit sizeFlag
 	autoload   bool
+	goroot     bool
 	commands   bool
 }
 
@@ -68,6 +69,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.share, "share", "", "comma-separated host paths to put in the guest at the same paths, besides the test's Go module (say a data directory)")
 	f.shareLimit = 1 << 30
 	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to give the guest; they go on a disk the guest reads as files are opened, so size costs the boot little but the host a copy where a hard link is not possible; more fails before boot")
+	fs.BoolVar(&f.goroot, "goroot", true, "give the guest the Go installation that runs the tests (go env GOROOT) at its path, read-only, its bin/ first on PATH, as go test has it: tests that read GOROOT's sources (go/importer) or run go work (a disk image made once per Go version)")
 	fs.BoolVar(&f.autoload, "autoload", true, "give the guest all of the kernel's modules (a disk image made once per kernel) and load one when the kernel asks for it, as modprobe does on a host (a test creating a geneve link or a flower filter needs no -modules)")
 }
 
@@ -110,7 +112,7 @@ func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
 		Kernel:     p.kernel.Image,
 		BaseImage:  base,
 		Modules:    p.modules,
-		ModuleTree: p.moduleTree,
+		Trees:      p.trees,
 		Accel:      f.accel,
 		AccelCache: p.accelCache,
 		QEMU:       f.qemu,
@@ -202,6 +204,9 @@ func (f *vmFlags) args() []string {
 	if !f.autoload {
 		a = append(a, "-autoload=false")
 	}
+	if !f.goroot {
+		a = append(a, "-goroot=false")
+	}
 	a = append(a, "-share-limit", f.shareLimit.String())
 	a = append(a, vmtest.FlagMaxOutput, f.limits.output.String(), vmtest.FlagMaxArtifacts, f.limits.artifacts.String(),
 		vmtest.FlagMaxArtifactFiles, fmt.Sprint(f.files))
@@ -222,7 +227,7 @@ func (f *vmFlags) moduleNames() []string {
 type prepared struct {
 	kernel     *kernels.Kernel
 	modules    []vmtest.Module
-	moduleTree *vmtest.ModuleTree // nil without -autoload or modules
+	trees      []vmtest.DiskTree // the kernel's modules (-autoload), GOROOT (-goroot)
 	base       string
 	accelCache string // where the KVM probe's answer is kept
 }
@@ -243,9 +248,11 @@ func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepar
 		return nil, err
 	}
 	if f.autoload && k.ModulesDir != "" {
-		if p.moduleTree, err = vmtest.ModulesDisk(ctx, k, cache.Dir); err != nil {
+		t, err := vmtest.ModulesDisk(ctx, k, cache.Dir)
+		if err != nil {
 			return nil, err
 		}
+		p.trees = append(p.trees, *t)
 	}
 	return p, nil
 }

@@ -77,6 +77,20 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	opts.Env = env
 	opts.Files = files
 	opts.Shares = shares
+	dir, err := cacheDir()
+	if err != nil {
+		return 1, err
+	}
+	if f.goroot {
+		t, err := gorootTree(ctx, dir)
+		if err != nil {
+			return 1, err
+		}
+		if t != nil {
+			opts.Trees = append(opts.Trees, *t)
+			opts.Env = append(opts.Env, "PATH="+filepath.Join(t.Dir, "bin")+":"+vmtest.GuestPath)
+		}
+	}
 	opts.OutDir = outDir
 	opts.Output = os.Stdout
 	if f.console {
@@ -84,10 +98,6 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	}
 	if os.Getenv("VMTEST_VERBOSE") != "" {
 		opts.Progress = os.Stderr
-	}
-	dir, err := cacheDir()
-	if err != nil {
-		return 1, err
 	}
 	if f.vms == 0 {
 		f.vms = defaultVMs(f.memory)
@@ -110,6 +120,22 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// gorootTree is the disk of the Go installation go test runs with (its
+// bin/ is first on the PATH it gives us); nil when there is no go command,
+// as when vmtest exec runs a binary by itself.
+func gorootTree(ctx context.Context, cacheDir string) (*vmtest.DiskTree, error) {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		return nil, nil
+	}
+	out, err := exec.CommandContext(ctx, goCmd, "env", "GOROOT").Output()
+	goroot := strings.TrimSpace(string(out))
+	if err != nil || goroot == "" {
+		return nil, fmt.Errorf("go env GOROOT: %v", err)
+	}
+	return vmtest.GorootDisk(ctx, goroot, cacheDir)
 }
 
 // fileFlags are the testing package's flags naming a file it writes.

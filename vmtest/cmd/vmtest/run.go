@@ -196,6 +196,13 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	kf := m.f.vmFlags
 	kf.kernel = k.Name
 	p, err := prepareKernel(ctx, &kf, io.Discard)
+	if err == nil && kf.goroot {
+		// Made once here rather than by the first guests at once.
+		var dir string
+		if dir, err = cacheDir(); err == nil {
+			_, err = gorootTree(ctx, dir)
+		}
+	}
 	m.fetchMu.Unlock()
 	if err != nil {
 		k.Error = err.Error()

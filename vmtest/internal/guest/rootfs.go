@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/vmtest/vmtest/internal/proto"
 )
 
 // mount is one file system the guest needs.
@@ -45,7 +47,7 @@ var rootfs = []mount{
 // do not need it); they are also logged on the console.
 func initRootfs() <-chan []error {
 	for k, v := range map[string]string{
-		"PATH": "/bin:/bbin:/usr/bin:/sbin:/usr/sbin",
+		"PATH": proto.DefaultPath,
 		"HOME": "/tmp",
 		"USER": "root",
 	} {

@@ -13,6 +13,10 @@ import (
 // JobPath is where the host puts the encoded Job in the guest's initramfs.
 const JobPath = "/vmtest/job"
 
+// DefaultPath is the guest's PATH: u-root's commands, and the agent as
+// modprobe in /sbin.
+const DefaultPath = "/bin:/bbin:/usr/bin:/sbin:/usr/sbin"
+
 // ArtifactsRoot is the guest directory whose files are shipped back to the host.
 const ArtifactsRoot = "/vmtest/artifacts"
 
