@@ -104,7 +104,7 @@ func WriteDisk(ctx context.Context, dst string, files []File, opts DiskOptions) 
 // stageFile puts f below dir and returns its size.
 func stageFile(dir string, f File) (int64, error) {
 	name := strings.TrimPrefix(filepath.Clean(f.Guest), "/")
-	if name == "" || name == "." || !filepath.IsLocal(name) {
+	if !filepath.IsAbs(f.Guest) || name == "" || name == "." || !filepath.IsLocal(name) {
 		return 0, fmt.Errorf("bad guest path %q", f.Guest)
 	}
 	p := filepath.Join(dir, name)

@@ -89,9 +89,9 @@ func Modprobe(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "modprobe: %v\n", err)
 		return 1
 	}
-	m := &modprober{dir: "/lib/modules/" + unix.ByteSliceToString(u.Release[:]), dryRun: dryRun}
-	if verbose {
-		m.verbose = stderr
+	m := &modprober{dir: "/lib/modules/" + unix.ByteSliceToString(u.Release[:]), dryRun: dryRun, out: io.Discard}
+	if verbose || dryRun {
+		m.out = os.Stdout
 	}
 	code := 0
 	for _, n := range names {
@@ -113,9 +113,9 @@ func Modprobe(args []string, stderr io.Writer) int {
 
 // modprober resolves and loads modules from one modules directory.
 type modprober struct {
-	dir     string
-	dryRun  bool
-	verbose io.Writer
+	dir    string
+	dryRun bool
+	out    io.Writer // what it loads, for -v and -n
 
 	dep     map[string][]string // module name -> its file, then what it needs (modules.dep)
 	builtin map[string]bool
@@ -227,9 +227,7 @@ func (m *modprober) load(mod, params string) error {
 }
 
 func (m *modprober) insert(file, params string) error {
-	if m.verbose != nil || m.dryRun {
-		fmt.Fprintf(os.Stdout, "insmod %s %s\n", file, params)
-	}
+	fmt.Fprintf(m.out, "insmod %s %s\n", file, params)
 	if m.dryRun {
 		return nil
 	}
