@@ -121,7 +121,7 @@ type Module struct {
 	// Host is the module file on the host; it may be compressed, and is
 	// then decompressed into the image (faster than in an emulated guest).
 	Host string
-	// Guest is where it goes in the guest, usually under /lib/modules,
+	// Guest is where it goes in the guest's initramfs,
 	// without the compression suffix of Host.
 	Guest string
 }

@@ -92,8 +92,15 @@ func run(rootfs <-chan []error) error {
 		}
 	}
 	a.setup()
+	// NVMe namespaces appear some tens of milliseconds into user space:
+	// wait for them while the modules load.
+	disks := make(chan struct{})
+	go func() {
+		defer close(disks)
+		a.mountDisks(job.Disks)
+	}()
 	a.loadModules(job.Modules)
-	a.mountDisks(job.Disks)
+	<-disks
 	for _, c := range job.Commands {
 		a.runCommand(c, job.Env)
 	}
