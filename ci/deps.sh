@@ -5,8 +5,8 @@
 set -euo pipefail
 
 missing_pkgs=()
-need() { # need COMMAND PACKAGE
-	command -v "$1" >/dev/null 2>&1 || missing_pkgs+=("$2")
+need() { # need COMMAND PACKAGE (sbin counts: a user's PATH may lack it)
+	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || missing_pkgs+=("$2")
 }
 
 if ! command -v go >/dev/null 2>&1; then
@@ -19,6 +19,9 @@ need apt-get apt
 need dpkg-deb dpkg
 # depmod makes modules.dep for kernels whose packages ship none (7.x).
 need depmod kmod
+# mke2fs makes the disks the guest reads the test's files, GOROOT and the
+# kernel's modules from.
+need mke2fs e2fsprogs
 # Debian's archive signing keys, to verify the kernel packages (Ubuntu lacks them by default).
 if [ ! -e /usr/share/keyrings/debian-archive-keyring.gpg ] && [ ! -e /usr/share/keyrings/debian-archive-keyring.pgp ]; then
 	missing_pkgs+=(debian-archive-keyring)

@@ -23,12 +23,14 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	f.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest exec [flags] BINARY [ARGS...]\n\n"+
-			"Boots the kernel, runs the static BINARY as root in the guest with ARGS, streams its\n"+
+			"Boots the kernel, runs BINARY as root in the guest with ARGS, streams its\n"+
 			"output to stdout and exits with its status. If the guest panics, hangs, reports a\n"+
 			"kernel splat or dies before the binary finished, it says so on stderr with the last\n"+
 			"console lines and exits 1. The binary runs in the same working directory as on the host,\n"+
 			"with the files of its Go module (the directory holding go.mod above it, links followed)\n"+
-			"at the same paths, and the kernel's config as /boot/config-$(uname -r).\n"+
+			"at the same paths (on a disk read as files are opened), GOROOT at its path with its bin\n"+
+			"first on PATH, all of the kernel's modules loaded on demand by the kernel (modprobe),\n"+
+			"and the kernel's config as /boot/config-$(uname -r).\n"+
 			"A dynamically linked binary (cgo, -race) gets its ELF interpreter and libraries from the host.\n"+
 			"Made for go test: go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
 		fs.PrintDefaults()
