@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"golang.org/x/mod/module"
+	modzip "golang.org/x/mod/zip"
 	"github.com/stretchr/testify/require"
 
 	"github.com/skbstore/vmtest/vmtest/report"
@@ -415,4 +417,84 @@ func TestGuestFeaturesOnAndOff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoInstall installs vmtest as a user would, go install
+// <module>/vmtest/cmd/vmtest@<version> with an empty HOME and GOPATH, from a
+// module proxy serving this checkout as a version (and the dependencies
+// from this machine's module cache, so no network is needed), then runs an
+// unrelated module's tests with it: no source of vmtest anywhere, no build
+// of the guest agent.
+func TestGoInstall(t *testing.T) {
+	vmtestBin(t) // skips with -short
+	const modPath, version = "github.com/skbstore/vmtest", "v0.0.0-20261125000000-000000000000"
+	proxy := t.TempDir()
+	vdir := filepath.Join(proxy, modPath, "@v")
+	require.NoError(t, os.MkdirAll(vdir, 0o755))
+	gomod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(vdir, version+".mod"), gomod, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(vdir, version+".info"), []byte(`{"Version":"`+version+`","Time":"2026-11-25T00:00:00Z"}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(vdir, "list"), []byte(version+"\n"), 0o644))
+	zf, err := os.Create(filepath.Join(vdir, version+".zip"))
+	require.NoError(t, err)
+	root, err := filepath.Abs(repoRoot)
+	require.NoError(t, err)
+	require.NoError(t, modzip.CreateFromVCS(zf, module.Version{Path: modPath, Version: version}, root, "HEAD", ""))
+	require.NoError(t, zf.Close())
+
+	goEnv := func(k string) string {
+		out, err := exec.Command("go", "env", k).Output()
+		require.NoError(t, err)
+		return strings.TrimSpace(string(out))
+	}
+	modCache, buildCache := goEnv("GOMODCACHE"), goEnv("GOCACHE")
+	home, gopath, gobin := t.TempDir(), t.TempDir(), t.TempDir()
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "GO") && !strings.HasPrefix(k, "VMTEST_") && k != "HOME" {
+			env = append(env, kv)
+		}
+	}
+	vmCache, err := cacheDir() // kernels are fetched by other tests
+	require.NoError(t, err)
+	env = append(env, "HOME="+home, "GOPATH="+gopath, "GOBIN="+gobin, "GOCACHE="+buildCache, "GOTOOLCHAIN=local",
+		"GOFLAGS=-modcacherw", "GOPROXY=file://"+proxy+",file://"+filepath.Join(modCache, "cache", "download"),
+		// The checksum database is reached through the default proxy, not
+		// a file one; these modules come from a verified cache.
+		"GONOSUMDB=*", "VMTEST_CACHE_DIR="+vmCache)
+	install := exec.Command("go", "install", modPath+"/vmtest/cmd/vmtest@"+version)
+	install.Dir, install.Env = home, env
+	out, err := install.CombinedOutput()
+	require.NoError(t, err, "go install: %s", out)
+	bin := filepath.Join(gobin, "vmtest")
+
+	mod := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module example.com/installed\n\ngo 1.24\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "x_test.go"), []byte(`package installed
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestInGuest(t *testing.T) {
+	if os.Getenv("VMTEST_GUEST") != "1" {
+		t.Fatal("not in a guest")
+	}
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil || !strings.Contains(string(out), "6.1.") {
+		t.Fatalf("uname -r: %q %v", out, err)
+	}
+}
+`), 0o644))
+	run := exec.Command(bin, "run", "-kernel", "6.1", "-results", t.TempDir(), "--", "go", "test", "./...")
+	run.Dir, run.Env = mod, env
+	out, err = run.CombinedOutput()
+	t.Logf("%s", out)
+	require.NoError(t, err)
+	assert.Contains(t, string(out), "the vmtest program is the agent")
+	assert.Contains(t, string(out), "1 passed, 0 failed, 0 skipped")
 }
