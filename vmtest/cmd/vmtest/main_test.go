@@ -459,7 +459,7 @@ func TestGoInstall(t *testing.T) {
 	vmCache, err := cacheDir() // kernels are fetched by other tests
 	require.NoError(t, err)
 	env = append(env, "HOME="+home, "GOPATH="+gopath, "GOBIN="+gobin, "GOCACHE="+buildCache, "GOTOOLCHAIN=local",
-		"GOFLAGS=-modcacherw", "GOPROXY=file://"+proxy+",file://"+filepath.Join(modCache, "cache", "download"),
+		"GOFLAGS=-modcacherw -trimpath", "GOPROXY=file://"+proxy+",file://"+filepath.Join(modCache, "cache", "download"),
 		// The checksum database is reached through the default proxy, not
 		// a file one; these modules come from a verified cache.
 		"GONOSUMDB=*", "VMTEST_CACHE_DIR="+vmCache)
