@@ -177,8 +177,16 @@ func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds [
 	if version == "" || version == "(devel)" {
 		return errors.New("this vmtest program does not say which u-root it was built with")
 	}
-	if _, err := exec.LookPath("go"); err != nil {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
 		return fmt.Errorf("building them needs the go command: %w", err)
+	}
+	// u-root's builder runs $GOROOT/bin/go, GOROOT defaulting to this
+	// program's, which is unknown when it was built with -trimpath.
+	out, err := exec.CommandContext(ctx, goCmd, "env", "GOROOT").Output()
+	goroot := strings.TrimSpace(string(out))
+	if err != nil || goroot == "" {
+		return fmt.Errorf("go env GOROOT: %v", err)
 	}
 	dir, err := os.MkdirTemp(opts.CacheDir, "cmds-")
 	if err != nil {
@@ -196,7 +204,7 @@ func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds [
 	}
 	fmt.Fprintf(progress, "building the guest's commands from u-root %s (once)...\n", version)
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()),
-		golang.WithWorkingDir(dir), golang.WithMod("mod"))
+		golang.WithGOROOT(goroot), golang.WithWorkingDir(dir), golang.WithMod("mod"))
 	buildOpts := &golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}
 	var log strings.Builder
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(&log, format+"\n", args...) })
