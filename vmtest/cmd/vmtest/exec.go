@@ -161,7 +161,7 @@ func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtes
 			continue
 		}
 		name = strings.TrimPrefix(name, "test.")
-		if !fileFlags[name] && name != "outputdir" && name != "gocoverdir" {
+		if !fileFlags[name] && name != "outputdir" && name != "gocoverdir" && name != "fuzz" && name != "fuzzcachedir" {
 			continue
 		}
 		if !hasVal && i+1 < len(args) {
@@ -193,7 +193,13 @@ func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtes
 			env = append(env, k+"="+v)
 		}
 	}
-	for _, d := range []string{vals["gocoverdir"], getenv("GOCOVERDIR")} {
+	dirs := []string{vals["gocoverdir"], getenv("GOCOVERDIR"), vals["fuzzcachedir"]}
+	if vals["fuzz"] != "" {
+		// New inputs that fail go to testdata/fuzz/FuzzX of the package,
+		// where go test -run finds them next time.
+		dirs = append(dirs, filepath.Join(cwd, "testdata", "fuzz"))
+	}
+	for _, d := range dirs {
 		if d != "" && !slices.ContainsFunc(outs, func(o vmtest.Output) bool { return o.Dir && o.Host == abs(d) }) {
 			outs = append(outs, vmtest.Output{Guest: abs(d), Host: abs(d), Dir: true})
 		}

@@ -73,4 +73,13 @@ func TestTestOutputs(t *testing.T) {
 
 	outs, _ = testOutputs([]string{"-test.cpuprofile=cpu.out"}, "/src/pkg", func(string) string { return "" })
 	assert.Equal(t, []vmtest.Output{{Guest: "/src/pkg/cpu.out", Host: "/src/pkg/cpu.out"}}, outs, "relative to the working directory without -test.outputdir")
+
+	// go test -fuzz=FuzzX: new failing inputs go to the package's
+	// testdata/fuzz, interesting ones to the fuzzing cache.
+	outs, _ = testOutputs([]string{"-test.paniconexit0", "-test.fuzzcachedir=/root/.cache/go-build/fuzz/example.com/pkg", "-test.timeout=10m0s",
+		"-test.fuzz=FuzzX", "-test.fuzztime=5s"}, "/src/pkg", func(string) string { return "" })
+	assert.Equal(t, []vmtest.Output{
+		{Guest: "/root/.cache/go-build/fuzz/example.com/pkg", Host: "/root/.cache/go-build/fuzz/example.com/pkg", Dir: true},
+		{Guest: "/src/pkg/testdata/fuzz", Host: "/src/pkg/testdata/fuzz", Dir: true},
+	}, outs)
 }

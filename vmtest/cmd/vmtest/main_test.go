@@ -500,3 +500,50 @@ func TestInGuest(t *testing.T) {
 	assert.NotContains(t, string(out), "building guest image (init", "no guest agent built from source")
 	assert.Contains(t, string(out), "1 passed, 0 failed, 0 skipped")
 }
+
+// TestFuzzCorpusComesHome: go test -fuzz in the guest finds a failing input
+// and writes it to the package's testdata/fuzz, as it would on the host; it
+// comes back there (and only it: the seed corpus is not sent back).
+func TestFuzzCorpusComesHome(t *testing.T) {
+	bin := vmtestBin(t)
+	mod := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module example.com/fuzzed\n\ngo 1.24\n"), 0o644))
+	seedDir := filepath.Join(mod, "testdata", "fuzz", "FuzzOnlySeed")
+	require.NoError(t, os.MkdirAll(seedDir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(seedDir, "seed1"), []byte("go test fuzz v1\nstring(\"seed\")\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(mod, "f_test.go"), []byte(`package fuzzed
+
+import "testing"
+
+// FuzzOnlySeed fails on anything but its seed: the first mutation fails.
+func FuzzOnlySeed(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		if s != "seed" {
+			t.Fatalf("not the seed: %q", s)
+		}
+	})
+}
+`), 0o644))
+	gt := exec.Command("go", "test", "-exec", bin+" exec -kernel 6.1", "-run", "^$", "-fuzz", "^FuzzOnlySeed$", "-fuzztime", "60s", ".")
+	gt.Dir = mod
+	gt.Env = append(os.Environ(), "VMTEST_SRC="+mustAbs(t, repoRoot))
+	out, err := gt.CombinedOutput()
+	t.Logf("%s", out)
+	require.Error(t, err, "the fuzz target fails")
+	assert.Contains(t, string(out), "not the seed")
+	ents, err := os.ReadDir(seedDir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	assert.Len(t, names, 2, "the seed and the failing input: %v", names)
+	assert.Contains(t, string(out), "go test -run=FuzzOnlySeed/", "go test names the new input")
+}
+
+func mustAbs(t *testing.T, p string) string {
+	t.Helper()
+	a, err := filepath.Abs(p)
+	require.NoError(t, err)
+	return a
+}

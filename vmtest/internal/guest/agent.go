@@ -332,7 +332,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 		ex.Error = cmd.ProcessState.String()
 	}
 	a.sendArtifacts(c.ID, artifacts)
-	a.sendOutputs(c.Outputs)
+	a.sendOutputs(c.Outputs, start)
 	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)
@@ -390,7 +390,7 @@ func (a *agent) sendArtifacts(id, dir string) {
 
 // sendOutputs sends the files the command wrote for the host. One that is
 // not there is not sent: the host then has none either, as go test would.
-func (a *agent) sendOutputs(outputs []proto.Output) {
+func (a *agent) sendOutputs(outputs []proto.Output, since time.Time) {
 	for i, o := range outputs {
 		if !o.Dir {
 			if st, err := os.Stat(o.Path); err == nil && st.Mode().IsRegular() {
@@ -400,8 +400,13 @@ func (a *agent) sendOutputs(outputs []proto.Output) {
 			}
 			continue
 		}
+		// Of a directory, what the command wrote: a fuzz corpus in the
+		// module's testdata holds the inputs from the host too.
 		err := filepath.WalkDir(o.Path, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			if info, err := d.Info(); err != nil || info.ModTime().Before(since) {
 				return err
 			}
 			rel, err := filepath.Rel(o.Path, p)
