@@ -36,7 +36,7 @@ func TestWriteDisk(t *testing.T) {
 	files := []File{
 		{Guest: "/tmp/mod/pkg/prog", Host: exe, Mode: 0o755},
 		{Guest: "/tmp/mod/testdata/data.bin", Host: data},
-		{Guest: "/tmp/mod/testdata/link.bin", Host: data}, // a link followed by Tree
+		{Guest: "/tmp/mod/testdata/link.bin", Host: data},     // a link followed by Tree
 		{Guest: "/tmp/mod/copy.bin", Host: data, Mode: 0o600}, // another mode: copied, not linked
 		{Guest: "/tmp/mod/gen.txt", Data: []byte("generated\n")},
 	}
