@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -291,27 +290,21 @@ func TestCommands(t *testing.T) {
 // (request_module), as on a host where modprobe answers.
 func TestAutoload(t *testing.T) {
 	guestOnly(t)
-	g := &netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: "gnv0"}, ID: 42, Remote: net.ParseIP("192.0.2.1")}
-	if err := netlink.LinkAdd(g); err != nil {
+	if err := addGeneve("gnv0", 42, [4]byte{192, 0, 2, 1}); err != nil {
 		t.Fatalf("add geneve link (module geneve, alias rtnl-link-geneve): %v", err)
 	}
-	link, err := netlink.LinkByName("gnv0")
+	link, err := net.InterfaceByName("gnv0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	if err := netlink.QdiscAdd(q); err != nil {
+	if err := addClsact(link.Index); err != nil {
 		t.Fatalf("add clsact qdisc (module sch_ingress): %v", err)
 	}
-	f := &netlink.Flower{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Protocol: unix.ETH_P_IP, Priority: 1},
-		EthType:     unix.ETH_P_IP,
-	}
-	if err := netlink.FilterAdd(f); err != nil {
+	if err := addFlower(link.Index); err != nil {
 		t.Fatalf("add flower filter (module cls_flower): %v", err)
 	}
 	mods, _ := os.ReadFile("/proc/modules")
-	for _, m := range []string{"geneve", "cls_flower"} {
+	for _, m := range []string{"geneve", "sch_ingress", "cls_flower"} {
 		if !strings.Contains(string(mods), m+" ") {
 			t.Errorf("module %s is not loaded:\n%s", m, mods)
 		}
