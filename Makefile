@@ -13,6 +13,8 @@ TESTFLAGS   ?=
 VMTEST      := bin/vmtest
 # Kernels the storage benchmark (suites/skbbench) runs on in `make bench`.
 BENCH_KERNELS ?= 5.10,6.1,6.12
+# Every module of the workspace (go.work): the runner, then what uses it.
+PACKAGES    := ./... ./bpf/... ./ci/... ./suites/...
 
 .PHONY: all vmtest vmtest-matrix bench test test-short deps bin/vmtest help
 
@@ -41,8 +43,8 @@ vmtest-matrix: deps bin/vmtest
 # kernels. -p 1: one package at a time, so guests are not starved of CPU.
 test: deps
 	bpf/check-generated.sh
-	$(GO) vet ./...
-	$(GO) test -count=1 -p 1 -timeout 60m ./... $(TESTFLAGS)
+	$(GO) vet $(PACKAGES)
+	$(GO) test -count=1 -p 1 -timeout 60m $(PACKAGES) $(TESTFLAGS)
 
 # Runner against the floor on every kernel; the table also goes to vmtest-results/bench-runner.md.
 # Then the cost of skb-keyed storage (suites/skbbench) on BENCH_KERNELS, one
@@ -63,4 +65,4 @@ bench: deps bin/vmtest
 	exit $$status
 
 test-short:
-	$(GO) test -short ./...
+	$(GO) test -short $(PACKAGES)

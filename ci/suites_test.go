@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/vmtest/report"
+	"github.com/skbstore/skbstore/vmtest/report"
 )
 
 // TestSuitesInGuests runs the skb storage suites the way `make vmtest` does:

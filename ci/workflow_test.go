@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/skbstore/kernels"
 )
 
 func TestWorkflowsPassActionlint(t *testing.T) {

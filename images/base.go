@@ -38,8 +38,8 @@ import (
 // Go packages that make up the base image.
 const (
 	InitPackage  = "github.com/u-root/u-root/cmds/core/init"
-	AgentPackage = "github.com/skbstore/vmtest/vmtest/cmd/vmtest-guest"
-	modulePath   = "github.com/skbstore/vmtest"
+	AgentPackage = "github.com/skbstore/skbstore/vmtest/cmd/vmtest-guest"
+	modulePath   = "github.com/skbstore/skbstore"
 )
 
 // BaseOptions configures Base.

@@ -11,9 +11,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // Share is a host file or directory tree the guest sees at the same path,

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // TestHostileGuest boots the hostile package with one attack at a time. In

@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // TestBootEveryKernel boots each kernel of the matrix, loads veth (and its

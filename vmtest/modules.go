@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/skbstore/kernels"
 )
 
 // KernelModules resolves modules of k (with their dependencies, in load

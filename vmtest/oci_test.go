@@ -22,8 +22,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // TestBootOCIKernel pushes a real kernel (Debian's 6.1 with its veth

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // Limits cap what one boot may send to the host. The guest is not trusted:

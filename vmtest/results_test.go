@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 var testKey = bytes.Repeat([]byte{3}, proto.KeySize)

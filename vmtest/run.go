@@ -23,9 +23,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // Command is a program to run in the guest.

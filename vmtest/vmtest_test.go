@@ -15,10 +15,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest"
-	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
 )
 
 // env is what the boot tests share: a real kernel, the base image and the

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/skbstore/vmtest/suites/internal/artifacts"
-	"github.com/skbstore/vmtest/suites/internal/testenv"
+	"github.com/skbstore/skbstore/suites/internal/artifacts"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 // emulationNote heads every human-readable table.

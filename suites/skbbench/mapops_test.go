@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skbstore/vmtest/bpf"
-	"github.com/skbstore/vmtest/suites/internal/artifacts"
-	"github.com/skbstore/vmtest/suites/internal/testenv"
+	"github.com/skbstore/skbstore/bpf"
+	"github.com/skbstore/skbstore/suites/internal/artifacts"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 const (

@@ -13,7 +13,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/skbstore/vmtest/suites/internal/testenv"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 const (

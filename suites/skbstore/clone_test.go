@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skbstore/vmtest/bpf"
+	"github.com/skbstore/skbstore/bpf"
 )
 
 // TestClone opens an AF_PACKET socket on lo, which makes the stack clone

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skbstore/vmtest/bpf"
+	"github.com/skbstore/skbstore/bpf"
 )
 
 // measureUDP sends n datagrams over loopback, reading each before sending

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skbstore/vmtest/bpf"
+	"github.com/skbstore/skbstore/bpf"
 )
 
 // TestMapFull keeps many more skbs alive than the map has room for: the

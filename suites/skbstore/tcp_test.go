@@ -6,8 +6,8 @@ import (
 	"net"
 	"testing"
 
-	"github.com/skbstore/vmtest/bpf"
-	"github.com/skbstore/vmtest/suites/internal/testenv"
+	"github.com/skbstore/skbstore/bpf"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 const tcpBytes = 4 << 20

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skbstore/vmtest/bpf"
-	"github.com/skbstore/vmtest/suites/internal/testenv"
+	"github.com/skbstore/skbstore/bpf"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 // TestAllocConsume sends UDP datagrams over loopback and reads them: every

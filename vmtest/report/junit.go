@@ -7,7 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
 )
 
 type junitSuites struct {

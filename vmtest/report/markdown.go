@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
 )
 
 // Markdown writes the matrix: a row per suite, a column per kernel, then the

@@ -21,8 +21,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/skbstore/vmtest/vmtest"
-	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
 )
 
 // Report is the outcome of a run.

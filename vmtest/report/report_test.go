@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // writeRun lays out one kernel's results the way vmtest run does.

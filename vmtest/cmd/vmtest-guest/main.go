@@ -6,6 +6,6 @@
 // over the result port and powers off.
 package main
 
-import "github.com/skbstore/vmtest/vmtest/internal/guest"
+import "github.com/skbstore/skbstore/vmtest/internal/guest"
 
 func main() { guest.Main() }

@@ -16,8 +16,8 @@ import (
 
 	"github.com/u-root/mkuimage/cpio"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // benchCmd measures the runner against the floor: the same kernel and QEMU

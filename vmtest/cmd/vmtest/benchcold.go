@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
 )
 
 // coldRow is what a first run pays for one kernel before its first boot.

@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 // vmFlags are the flags run and exec share; run passes them on to exec.

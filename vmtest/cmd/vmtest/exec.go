@@ -12,9 +12,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/vmtest"
-	"github.com/skbstore/vmtest/vmtest/internal/slots"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
 func execCmd(ctx context.Context, args []string) (int, error) {

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/skbstore/vmtest/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
 )
 
 // goTestValueFlags are go test's flags that take their value as the next

@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/skbstore/vmtest/vmtest"
+	"github.com/skbstore/skbstore/vmtest"
 )
 
 func TestSplitGoTestArgs(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/skbstore/vmtest/kernels"
+	"github.com/skbstore/skbstore/kernels"
 )
 
 func kernelsCmd(ctx context.Context, args []string) error {

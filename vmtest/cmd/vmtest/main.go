@@ -18,8 +18,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest/internal/guest"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest/internal/guest"
 )
 
 var usageText = `vmtest runs Go tests inside Linux kernels under QEMU.

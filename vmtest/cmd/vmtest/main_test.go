@@ -19,7 +19,7 @@ import (
 	"golang.org/x/mod/module"
 	modzip "golang.org/x/mod/zip"
 
-	"github.com/skbstore/vmtest/vmtest/report"
+	"github.com/skbstore/skbstore/vmtest/report"
 )
 
 // These tests run the real vmtest binary: they boot Debian's 6.1 and 6.12
@@ -427,7 +427,7 @@ func TestGuestFeaturesOnAndOff(t *testing.T) {
 // of the guest agent.
 func TestGoInstall(t *testing.T) {
 	vmtestBin(t) // skips with -short
-	const modPath, version = "github.com/skbstore/vmtest", "v0.0.0-20261125000000-000000000000"
+	const modPath, version = "github.com/skbstore/skbstore", "v0.0.0-20261125000000-000000000000"
 	proxy := t.TempDir()
 	vdir := filepath.Join(proxy, modPath, "@v")
 	require.NoError(t, os.MkdirAll(vdir, 0o755))

@@ -18,11 +18,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/skbstore/vmtest/images"
-	"github.com/skbstore/vmtest/kernels"
-	"github.com/skbstore/vmtest/vmtest"
-	"github.com/skbstore/vmtest/vmtest/gotest"
-	"github.com/skbstore/vmtest/vmtest/report"
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/kernels"
+	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest/report"
 )
 
 type runFlags struct {

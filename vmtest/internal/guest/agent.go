@@ -23,7 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // Main runs the agent and never returns: the VM is powered off at the end,

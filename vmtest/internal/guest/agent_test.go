@@ -9,11 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 func TestKmsgLine(t *testing.T) {
@@ -98,7 +99,7 @@ func TestSendFilesKeepsToTheFileCap(t *testing.T) {
 	for _, n := range []string{"a", "b", "c", "d"} {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644))
 	}
-	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}, {Path: filepath.Join(dir, "a")}})
+	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}, {Path: filepath.Join(dir, "a")}}, time.Time{})
 	r := proto.NewReader(&b, key)
 	files, faults := 0, 0
 	for {
@@ -117,4 +118,33 @@ func TestSendFilesKeepsToTheFileCap(t *testing.T) {
 	}
 	assert.Equal(t, 2, files)
 	assert.Equal(t, 1, faults)
+}
+
+// TestSendOutputsOnlyNew: of an output directory (a fuzz corpus), only the
+// files the command wrote go back, not those that were there before.
+func TestSendOutputsOnlyNew(t *testing.T) {
+	var b bytes.Buffer
+	key := bytes.Repeat([]byte{1}, proto.KeySize)
+	a := &agent{w: proto.NewWriter(&b, key), limits: proto.Limits{ArtifactFiles: 10, ArtifactBytes: 1 << 20}}
+	dir := t.TempDir()
+	old := filepath.Join(dir, "seed")
+	require.NoError(t, os.WriteFile(old, []byte("seed"), 0o644))
+	past := time.Now().Add(-time.Hour)
+	require.NoError(t, os.Chtimes(old, past, past))
+	since := time.Now().Add(-time.Minute)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "new"), []byte("new"), 0o644))
+	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}}, since)
+	r := proto.NewReader(&b, key)
+	var names []string
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		if f.Type == proto.TypeOutFile {
+			names = append(names, f.Name)
+		}
+	}
+	assert.Equal(t, []string{"0/new"}, names)
 }

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // diskWait bounds how long the agent waits for the drives the host attached

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skbstore/vmtest/vmtest/internal/proto"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // mount is one file system the guest needs.
