@@ -107,6 +107,9 @@ func Modprobe(args []string, stderr io.Writer) int {
 			}
 			code = 1
 		}
+		if !dryRun {
+			kmsgf("modprobe %s: %s", n, errString(err, "done"))
+		}
 	}
 	return code
 }
@@ -331,4 +334,22 @@ func eachLine(file string, fn func(string)) error {
 		}
 	}
 	return s.Err()
+}
+
+// kmsgf writes a line to the kernel log (it reaches the host's dmesg.log), so
+// that what the kernel asked for and got is on record.
+func kmsgf(format string, args ...any) {
+	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "vmtest-guest: "+format+"\n", args...)
+}
+
+func errString(err error, ok string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return ok
 }
