@@ -149,9 +149,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
-	// Beside tmpDir, which buildUImage removes.
-	tmp := tmpDir + ".cpio"
-	defer os.Remove(tmp)
+	tmp := filepath.Join(tmpDir, "base.cpio")
 
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
@@ -180,6 +178,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 		}
 		return "", fmt.Errorf("build base image with u-root: %w", err)
 	}
+	defer os.RemoveAll(tmpDir)
 	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -190,7 +189,8 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 // buildUImage runs u-root's image builder, which takes no context, on its
 // own, so that a cancelled build returns at once; it then finishes (or
 // fails) in the background and removes tmpDir, and its image is never put in
-// the cache. Otherwise tmpDir is removed when it returns.
+// the cache. A failed build removes tmpDir too; after a good one the caller
+// takes the image out of tmpDir and removes it.
 func buildUImage(ctx context.Context, tmpDir string, logger *llog.Logger, mods ...uimage.Modifier) error {
 	built := make(chan error, 1)
 	go func() {
@@ -198,7 +198,9 @@ func buildUImage(ctx context.Context, tmpDir string, logger *llog.Logger, mods .
 	}()
 	select {
 	case err := <-built:
-		os.RemoveAll(tmpDir)
+		if err != nil {
+			os.RemoveAll(tmpDir)
+		}
 		return err
 	case <-ctx.Done():
 		go func() {

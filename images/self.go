@@ -208,15 +208,20 @@ func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds [
 	buildOpts := &golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}
 	var log strings.Builder
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(&log, format+"\n", args...) })
+	image := filepath.Join(dir, "image.cpio")
 	err = buildUImage(ctx, dir, logger,
 		uimage.WithReplaceEnv(env),
 		uimage.WithTempDir(dir),
 		uimage.WithSkipLDD(),
 		uimage.WithBaseArchive(base),
 		uimage.WithCommands(buildOpts, builder.Busybox, cmds...),
-		uimage.WithCPIOOutput(dst))
-	if err != nil && log.Len() > 0 {
-		err = fmt.Errorf("%w: %s", err, strings.TrimSpace(log.String()))
+		uimage.WithCPIOOutput(image))
+	if err != nil {
+		if log.Len() > 0 {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(log.String()))
+		}
+		return err
 	}
-	return err
+	defer os.RemoveAll(dir)
+	return os.Rename(image, dst)
 }
