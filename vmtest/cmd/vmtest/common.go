@@ -69,7 +69,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.share, "share", "", "comma-separated host paths to put in the guest at the same paths, besides the test's Go module (say a data directory)")
 	f.shareLimit = 1 << 30
 	fs.Var(&f.shareLimit, "share-limit", "most bytes of files (the test's Go module and -share) to give the guest; they go on a disk the guest reads as files are opened, so size costs the boot little but the host a copy where a hard link is not possible; more fails before boot")
-	fs.BoolVar(&f.goroot, "goroot", true, "give the guest the Go installation that runs the tests (go env GOROOT) at its path, read-only, its bin/ first on PATH, as go test has it: tests that read GOROOT's sources (go/importer) or run go work (a disk image made once per Go version)")
+	fs.BoolVar(&f.goroot, "goroot", true, "(run, exec) give the guest the Go installation that runs the tests (go env GOROOT) at its path, read-only, its bin/ first on PATH, as go test has it: tests that read GOROOT's sources (go/importer) or run go work (a disk image made once per Go version)")
 	fs.BoolVar(&f.autoload, "autoload", true, "give the guest all of the kernel's modules (a disk image made once per kernel) and load one when the kernel asks for it, as modprobe does on a host (a test creating a geneve link or a flower filter needs no -modules)")
 }
 
