@@ -151,7 +151,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	tmp := filepath.Join(tmpDir, "base.cpio")
 
-	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src))
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src), golang.WithBuildTag(buildTags))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
 	// u-root's builder takes no context. It runs on its own so that a
 	// cancelled build returns at once; it then finishes (or fails) in the
@@ -210,6 +210,12 @@ func buildUImage(ctx context.Context, tmpDir string, logger *llog.Logger, mods .
 		return ctx.Err()
 	}
 }
+
+// buildTags are the build tags of the guest's commands: goshsmall gives
+// vmtest shell's gosh the terminal's own line editing (a serial console in
+// cooked mode) rather than a full-screen line editor, which redraws the
+// line at every key and takes keys typed before it is ready as plain text.
+const buildTags = "goshsmall"
 
 // imageMaxAge is how long a base image nobody used stays in the cache. Each
 // change to the agent's sources (or to Go or a dependency) makes a new one.
@@ -274,7 +280,7 @@ type listedPackage struct {
 // the versions of dependency modules and the content of local sources. It
 // costs one `go list`, much less than building.
 func sourceKey(ctx context.Context, dir string, pkgs []string) (string, error) {
-	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-deps", "-json"}, pkgs...)...)
+	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-tags", buildTags, "-deps", "-json"}, pkgs...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch())
 	var stderr bytes.Buffer
@@ -284,7 +290,7 @@ func sourceKey(ctx context.Context, dir string, pkgs []string) (string, error) {
 		return "", fmt.Errorf("go list guest packages in %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "vmtest-base-v1 %s %s\n", goVersion(ctx), goarch())
+	fmt.Fprintf(h, "vmtest-base-v2 %s %s %s\n", goVersion(ctx), goarch(), buildTags)
 	dec := json.NewDecoder(bytes.NewReader(out))
 	var lines []string
 	for dec.More() {

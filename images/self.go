@@ -78,7 +78,7 @@ func selfBase(ctx context.Context, opts BaseOptions, progress io.Writer) (string
 	}
 	uroot := urootVersion()
 	h := sha256.New()
-	fmt.Fprintf(h, "vmtest-self-v2\n%s %q\n", uroot, cmds)
+	fmt.Fprintf(h, "vmtest-self-v2\n%s %q %s\n", uroot, cmds, buildTags)
 	h.Write(data)
 	for _, l := range libs {
 		if st, err := os.Stat(l.Host); err == nil {
@@ -204,7 +204,7 @@ func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds [
 	}
 	fmt.Fprintf(progress, "building the guest's commands from u-root %s (once)...\n", version)
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()),
-		golang.WithGOROOT(goroot), golang.WithWorkingDir(dir), golang.WithMod("mod"))
+		golang.WithGOROOT(goroot), golang.WithWorkingDir(dir), golang.WithMod("mod"), golang.WithBuildTag(buildTags))
 	buildOpts := &golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}
 	var log strings.Builder
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(&log, format+"\n", args...) })

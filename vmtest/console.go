@@ -1,8 +1,7 @@
 package vmtest
 
 import (
-	"bufio"
-	"errors"
+	"bytes"
 	"io"
 	"strconv"
 	"strings"
@@ -61,24 +60,34 @@ func newConsole(keep int) *console { return &console{keep: keep} }
 // maxConsoleLine bytes: a guest printing without newlines cannot make the
 // host buffer without limit.
 func (c *console) copy(r io.Reader, w io.Writer) {
-	br := bufio.NewReaderSize(r, maxConsoleLine)
+	buf := make([]byte, 32<<10)
 	var line []byte
 	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(chunk) > 0 {
+		n, err := r.Read(buf)
+		chunk := buf[:n]
+		// Written as it comes, not by lines: a shell's prompt has no
+		// newline after it (vmtest shell).
+		if n > 0 {
 			_, _ = w.Write(chunk)
+		}
+		for len(chunk) > 0 {
+			part, i := chunk, bytes.IndexByte(chunk, '\n')
+			if i >= 0 {
+				part = chunk[:i+1]
+			}
 			if room := maxConsoleLine - len(line); room > 0 {
-				line = append(line, chunk[:min(room, len(chunk))]...)
+				line = append(line, part[:min(room, len(part))]...)
+			}
+			chunk = chunk[len(part):]
+			if i >= 0 {
+				c.add(string(line))
+				line = line[:0]
 			}
 		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if len(line) > 0 {
-			c.add(string(line))
-			line = line[:0]
-		}
 		if err != nil {
+			if len(line) > 0 {
+				c.add(string(line))
+			}
 			return
 		}
 	}

@@ -33,14 +33,21 @@ type Command struct {
 	// ID names the command in results and artifact paths: letters, digits,
 	// '.', '_' and '-'.
 	ID string
-	// Binary is the host path of a static executable to copy into the guest.
+	// Binary is the host path of an executable to copy into the guest.
 	Binary string
-	Args   []string
+	// GuestPath, instead of Binary, names a program the guest has (a
+	// u-root command such as gosh, found on the guest's PATH).
+	GuestPath string
+	Args      []string
 	// Dir is the working directory in the guest ("/" when empty).
 	Dir string
 	// Outputs are files the command writes that are copied back to the
 	// host when it finishes (a coverage profile...).
 	Outputs []Output
+	// Terminal runs it on the guest's console as its controlling terminal
+	// (an interactive shell): what it prints goes to Options.Console and it
+	// reads Options.Stdin.
+	Terminal bool
 }
 
 // Output is a file (or a directory of files) a command writes in the guest
@@ -109,6 +116,9 @@ type Options struct {
 
 	// Console, when set, receives a live copy of the guest console.
 	Console io.Writer
+	// Stdin, when set, is typed into the guest console (vmtest shell: the
+	// user's terminal, which QEMU puts in raw mode).
+	Stdin io.Reader
 	// Output, when set, receives a live copy of command output.
 	Output io.Writer
 	// Progress receives one line per step; nil discards.
@@ -356,9 +366,12 @@ func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error 
 		if !validID(c.ID) {
 			return fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-', not only dots (vmtest.CommandID makes one)", c.ID)
 		}
-		guest := guestBinDir + "/" + c.ID
-		files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
-		pc := proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir}
+		guest := c.GuestPath
+		if guest == "" {
+			guest = guestBinDir + "/" + c.ID
+			files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
+		}
+		pc := proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir, Terminal: c.Terminal}
 		for _, o := range c.Outputs {
 			pc.Outputs = append(pc.Outputs, proto.Output{Path: o.Guest, Dir: o.Dir})
 		}
@@ -493,6 +506,12 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 	cmd := exec.Command(qemu, qemuArgs(opts, accel, initrd, drives, 3)...)
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if opts.Stdin != nil {
+		// QEMU reads the terminal: it must stay in the foreground
+		// process group, or the kernel stops it (SIGTTIN).
+		cmd.Stdin = opts.Stdin
+		cmd.SysProcAttr.Setpgid = false
+	}
 	// A pipe of our own rather than StdoutPipe: Wait runs while the console
 	// is still being read, and must not close it before the last lines (a
 	// panic's) are in.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,7 +44,10 @@ type vmFlags struct {
 	shareLimit sizeFlag
 	autoload   bool
 	goroot     bool
-	commands   bool
+	// extraCommands are u-root commands the image needs besides the
+	// default ones (vmtest shell's shell); not a flag.
+	extraCommands []string
+	commands      bool
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
@@ -306,6 +310,8 @@ func (f *vmFlags) baseOptions(cacheDir string, progress io.Writer) images.BaseOp
 	o := images.BaseOptions{CacheDir: filepath.Join(cacheDir, "images"), Progress: progress, Init: f.init, Self: selfPath()}
 	if !f.commands {
 		o.Commands = []string{}
+	} else if len(f.extraCommands) > 0 {
+		o.Commands = append(slices.Clone(images.DefaultCommands), f.extraCommands...)
 	}
 	return o
 }

@@ -2,6 +2,7 @@
 //
 //	vmtest run  [flags] [-- go test [packages] [test flags]]
 //	vmtest exec [flags] TESTBINARY [test flags]   (for go test -exec)
+//	vmtest shell [flags] [-- COMMAND...]
 //	vmtest kernels [-fetch VERSION]
 //	vmtest bench [-kernel all] [-n 5]
 //
@@ -44,6 +45,11 @@ Usage:
       Boots the kernel and runs one static binary in the guest, streaming its
       output and exiting with its status. Made for go test's -exec flag:
           go test -exec "vmtest exec -kernel 6.1" ./pkg
+
+  vmtest shell [flags] [-- COMMAND [ARGS...]]
+      Boots the guest the tests get (the current Go module at its path, the
+      working directory there) and runs an interactive shell, or COMMAND, on
+      this terminal; leaving it powers the guest off.
 
   vmtest kernels [-fetch VERSION]
       Lists the kernel versions that can be fetched and those already cached;
@@ -95,6 +101,8 @@ func main() {
 		err = kernelsCmd(ctx, os.Args[2:])
 	case "bench":
 		err = benchCmd(ctx, os.Args[2:])
+	case "shell":
+		code, err = shellCmd(ctx, os.Args[2:])
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/xml"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/mod/module"
 	modzip "golang.org/x/mod/zip"
+	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/skbstore/vmtest/report"
 )
@@ -546,4 +548,111 @@ func mustAbs(t *testing.T, p string) string {
 	a, err := filepath.Abs(p)
 	require.NoError(t, err)
 	return a
+}
+
+// TestShell drives vmtest shell through a pseudo-terminal, as a person at a
+// terminal would: the shell comes up in the guest, uname -r answers with the
+// guest's release, Ctrl-C stops the guest's foreground command (not vmtest),
+// and exit leaves the shell and powers the guest off; a command's status is
+// vmtest's.
+func TestShell(t *testing.T) {
+	bin := vmtestBin(t)
+	ptmx, pts := openPTY(t)
+	cmd := exec.Command(bin, "shell", "-kernel", "6.1", "-results", t.TempDir())
+	cmd.Dir = repoRoot
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	require.NoError(t, cmd.Start())
+	pts.Close()
+	var mu sync.Mutex
+	var screen bytes.Buffer
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			screen.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		mu.Lock()
+		t.Logf("terminal:\n%s", screen.String())
+		mu.Unlock()
+	}()
+	snapshot := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return screen.String()
+	}
+	waitFor := func(what string, from int, limit time.Duration) int {
+		t.Helper()
+		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if s := snapshot(); len(s) > from {
+				if i := strings.Index(s[from:], what); i >= 0 {
+					return from + i + len(what)
+				}
+			}
+		}
+		t.Fatalf("%q did not come within %s", what, limit)
+		return 0
+	}
+	// gosh's prompt: the guest's shell is ready for a line.
+	const prompt = "$ "
+	pos := waitFor(prompt, 0, 3*time.Minute)
+	run := func(line, want string) {
+		t.Helper()
+		_, err := ptmx.Write([]byte(line + "\r"))
+		require.NoError(t, err)
+		pos = waitFor(want, pos, 30*time.Second)
+		pos = waitFor(prompt, pos, 30*time.Second)
+	}
+	// Arithmetic, so that the echo of what was typed does not count.
+	run("echo READY-$((40+2))", "READY-42")
+	run("uname -r", "6.1.0-")
+	// Ctrl-C while sleep runs (its echo on the screen says the shell
+	// has the line; a second later, sleep runs).
+	_, err := ptmx.Write([]byte("sleep 1000\r"))
+	require.NoError(t, err)
+	pos = waitFor("sleep 1000", pos, 30*time.Second)
+	time.Sleep(2 * time.Second)
+	_, err = ptmx.Write([]byte{3})
+	require.NoError(t, err)
+	pos = waitFor("^C", pos, 30*time.Second) // the guest terminal's echo of it
+	require.NoError(t, cmd.Process.Signal(syscall.Signal(0)), "vmtest is still running")
+	pos = waitFor(prompt, pos, 30*time.Second)
+	run("echo AFTER-$((2+3))", "AFTER-5")
+	_, err = ptmx.Write([]byte("exit\r"))
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.NoError(t, err, "the shell ended well")
+	case <-time.After(time.Minute):
+		t.Fatal("the guest did not power off after exit")
+	}
+	_, _, code := runVMTest(t, "shell", "-kernel", "6.1", "-results", t.TempDir(), "--", "false")
+	assert.Equal(t, 1, code, "vmtest shell -- false exits with false's status")
+}
+
+// openPTY opens a pseudo-terminal pair.
+func openPTY(t *testing.T) (ptmx, pts *os.File) {
+	t.Helper()
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { ptmx.Close() })
+	require.NoError(t, unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0))
+	n, err := unix.IoctlGetUint32(int(ptmx.Fd()), unix.TIOCGPTN)
+	require.NoError(t, err)
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	require.NoError(t, err)
+	require.NoError(t, unix.IoctlSetWinsize(int(pts.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 40, Col: 120}))
+	return ptmx, pts
 }

@@ -314,6 +314,18 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	// A process group of its own, so children a test leaves behind can be
 	// killed before the next command.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if c.Terminal {
+		tty, err := openTerminal(cmd.Env)
+		if err != nil {
+			a.faultf("terminal for %s: %v", c.ID, err)
+		} else {
+			defer tty.Close()
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+			// A session of its own with the console as its terminal:
+			// Ctrl-C there signals the shell's foreground job.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		}
+	}
 
 	start := time.Now()
 	err := cmd.Run()

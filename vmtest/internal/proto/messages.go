@@ -89,6 +89,10 @@ type Command struct {
 	// command runs and sends them after it, as TypeOutFile frames named
 	// after their index here.
 	Outputs []Output `json:"outputs,omitempty"`
+	// Terminal runs the command on the guest's console, its controlling
+	// terminal, instead of sending its output in frames: an interactive
+	// shell (vmtest shell), whose keystrokes come in on the console.
+	Terminal bool `json:"terminal,omitempty"`
 }
 
 // Output is a file, or a directory of files, a command writes for the host.
@@ -143,6 +147,9 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	for _, c := range j.Commands {
 		e.put("cmd", c.ID, c.Path, c.Dir, strconv.Itoa(len(c.Args)))
 		e.put(c.Args...)
+		if c.Terminal {
+			e.put("terminal")
+		}
 		for _, o := range c.Outputs {
 			kind := "file"
 			if o.Dir {
@@ -208,6 +215,11 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 				c.Args = append(c.Args, d.next())
 			}
 			j.Commands = append(j.Commands, c)
+		case "terminal":
+			if len(j.Commands) == 0 {
+				return errors.New("job: terminal before any command")
+			}
+			j.Commands[len(j.Commands)-1].Terminal = true
 		case "output":
 			kind, path := d.next(), d.next()
 			if len(j.Commands) == 0 || kind != "file" && kind != "dir" {

@@ -1,0 +1,56 @@
+//go:build linux
+
+package guest
+
+import (
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// consoleDevice is the guest's console (console=ttyS0): QEMU connects it to
+// the host's terminal for vmtest shell.
+const consoleDevice = "/dev/ttyS0"
+
+// openTerminal readies the console for an interactive command: a sane line
+// discipline (echo, line editing, Ctrl-C as SIGINT, CR to NL), the host
+// terminal's size from COLUMNS and LINES in env, and kernel messages kept off
+// it (they still reach the host's dmesg.log).
+func openTerminal(env []string) (*os.File, error) {
+	f, err := os.OpenFile(consoleDevice, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	t, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	t.Iflag |= unix.ICRNL | unix.IXON
+	t.Iflag &^= unix.INLCR | unix.IGNCR
+	t.Oflag |= unix.OPOST | unix.ONLCR
+	t.Lflag |= unix.ECHO | unix.ECHOE | unix.ECHOK | unix.ICANON | unix.ISIG | unix.IEXTEN
+	if err := unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, t); err != nil {
+		f.Close()
+		return nil, err
+	}
+	ws := &unix.Winsize{Row: 24, Col: 80}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 1000 {
+			continue
+		}
+		switch k {
+		case "COLUMNS":
+			ws.Col = uint16(n)
+		case "LINES":
+			ws.Row = uint16(n)
+		}
+	}
+	_ = unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, ws)
+	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("1"), 0o644)
+	return f, nil
+}
