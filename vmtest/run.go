@@ -116,6 +116,10 @@ type Options struct {
 
 	// Console, when set, receives a live copy of the guest console.
 	Console io.Writer
+	// GDB, when set, is a TCP address (host:port) where QEMU's gdb stub
+	// listens; the guest's CPUs wait for the debugger before the first
+	// instruction, and the kernel-start timeout does not apply.
+	GDB string
 	// Stdin, when set, is typed into the guest console (vmtest shell: the
 	// user's terminal, which QEMU puts in raw mode).
 	Stdin io.Reader
@@ -474,6 +478,9 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 	for i, d := range drives {
 		args = append(args, d.qemuArgs(i)...)
 	}
+	if opts.GDB != "" {
+		args = append(args, "-gdb", "tcp:"+opts.GDB, "-S")
+	}
 	return args
 }
 
@@ -563,6 +570,9 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 	startWait := opts.KernelStartTimeout
 	if startWait == 0 {
 		startWait = time.Minute
+	}
+	if opts.GDB != "" {
+		startWait = opts.Timeout // the CPUs wait for a person with a debugger
 	}
 	startTimer := time.NewTimer(startWait)
 	defer startTimer.Stop()

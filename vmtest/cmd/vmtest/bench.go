@@ -47,6 +47,9 @@ func benchCmd(ctx context.Context, args []string) error {
 		}
 		return errUsage
 	}
+	if f.gdb != "" {
+		return errors.New("-gdb is for run, exec and shell: bench measures boots nobody stops")
+	}
 	if err := f.check(); err != nil {
 		return err
 	}

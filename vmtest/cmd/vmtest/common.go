@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,6 +22,15 @@ import (
 	"github.com/skbstore/skbstore/kernels"
 	"github.com/skbstore/skbstore/vmtest"
 )
+
+// defaultTimeout bounds one boot unless -timeout says otherwise.
+const defaultTimeout = 10 * time.Minute
+
+// gdbHint tells how to attach the debugger to a guest waiting for it.
+func gdbHint(addr string) string {
+	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s' (then continue; the kernel runs "+
+		"without KASLR; no vmlinux with symbols is fetched for Debian's kernels, add-symbol-file one of your own)", addr)
+}
 
 // vmFlags are the flags run and exec share; run passes them on to exec.
 type vmFlags struct {
@@ -44,6 +54,7 @@ type vmFlags struct {
 	shareLimit sizeFlag
 	autoload   bool
 	goroot     bool
+	gdb        string
 	// extraCommands are u-root commands the image needs besides the
 	// default ones (vmtest shell's shell); not a flag.
 	extraCommands []string
@@ -55,13 +66,14 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one boot, from QEMU start to power-off")
+	fs.DurationVar(&f.timeout, "timeout", defaultTimeout, "limit for one boot, from QEMU start to power-off")
 	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
 	fs.StringVar(&f.results, "results", "", "directory to keep results in")
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
 	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
 	fs.BoolVar(&f.dwarf, "keep-dwarf", false, "put test binaries in the guest with their DWARF debug info (dropped by default: nothing in the guest reads it, and it costs boot time)")
+	fs.StringVar(&f.gdb, "gdb", "", "HOST:PORT for QEMU's gdb stub (say localhost:1234): the guest waits for the debugger before its first instruction, the kernel runs without KASLR, the timeout becomes 24h unless -timeout is given, and vmtest prints the gdb command; vmtest run then boots one guest at a time")
 	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
@@ -80,6 +92,15 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 // check refuses flag values no guest can run with.
 func (f *vmFlags) check() error {
 	var errs []error
+	if f.gdb != "" {
+		if _, port, err := net.SplitHostPort(f.gdb); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("-gdb %q: give HOST:PORT, say localhost:1234", f.gdb))
+		}
+		if f.timeout == defaultTimeout {
+			f.timeout = 24 * time.Hour // a person is at the debugger
+		}
+		f.vms = 1 // one stub, one port
+	}
 	if f.cpus < 1 || f.cpus > 255 {
 		errs = append(errs, fmt.Errorf("-cpus %d: give 1 to 255", f.cpus))
 	}
@@ -124,7 +145,8 @@ func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
 		CPUs:       f.cpus,
 		Timeout:    f.timeout,
 		Append:     f.append,
-		KASLR:      f.kaslr,
+		KASLR:      f.kaslr && f.gdb == "",
+		GDB:        f.gdb,
 		KeepDWARF:  f.dwarf,
 		Limits:     f.vmLimits(),
 	}
@@ -195,6 +217,9 @@ func (f *vmFlags) args() []string {
 	}
 	if f.kaslr {
 		a = append(a, "-kaslr")
+	}
+	if f.gdb != "" {
+		a = append(a, "-gdb", f.gdb)
 	}
 	if f.dwarf {
 		a = append(a, "-keep-dwarf")

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -655,4 +660,80 @@ func openPTY(t *testing.T) (ptmx, pts *os.File) {
 	require.NoError(t, err)
 	require.NoError(t, unix.IoctlSetWinsize(int(pts.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 40, Col: 120}))
 	return ptmx, pts
+}
+
+// TestGDBStub: with -gdb the guest waits at its first instruction for a
+// debugger; speaking gdb's remote protocol over TCP (as gdb would), the test
+// finds the CPU stopped at the x86 reset vector, reads the registers, lets
+// it continue, and the guest runs its command to the end.
+func TestGDBStub(t *testing.T) {
+	bin := vmtestBin(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close() // QEMU listens there
+	cmd := exec.Command(bin, "exec", "-kernel", "6.1", "-gdb", addr, "-results", t.TempDir(), "/bin/true")
+	cmd.Dir = repoRoot
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		t.Logf("stderr:\n%s", stderr.String())
+	}()
+	var conn net.Conn
+	for i := 0; ; i++ {
+		if conn, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		require.Less(t, i, 600, "QEMU's gdb stub never listened on %s", addr)
+		time.Sleep(200 * time.Millisecond)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	// packet sends one command and returns the reply's payload.
+	packet := func(cmd string) string {
+		t.Helper()
+		var sum byte
+		for i := 0; i < len(cmd); i++ {
+			sum += cmd[i]
+		}
+		_, err := fmt.Fprintf(conn, "$%s#%02x", cmd, sum)
+		require.NoError(t, err)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+		for {
+			c, err := r.ReadByte()
+			require.NoError(t, err)
+			if c == '$' {
+				break // '+' acknowledges; the reply starts at '$'
+			}
+		}
+		payload, err := r.ReadString('#')
+		require.NoError(t, err)
+		_, err = io.ReadFull(r, make([]byte, 2)) // checksum
+		require.NoError(t, err)
+		_, err = conn.Write([]byte("+"))
+		require.NoError(t, err)
+		return strings.TrimSuffix(payload, "#")
+	}
+	stop := packet("?")
+	assert.True(t, strings.HasPrefix(stop, "T05") || strings.HasPrefix(stop, "S05"), "stopped (SIGTRAP): %q", stop)
+	regs := packet("g")
+	require.Greater(t, len(regs), 17*16, "x86-64 registers: %q", regs)
+	rip, err := hex.DecodeString(regs[16*16 : 17*16]) // rax..r15, then rip, little-endian
+	require.NoError(t, err)
+	assert.Equal(t, uint64(0xfff0), binary.LittleEndian.Uint64(rip), "the CPU waits at the reset vector")
+	_, err = fmt.Fprintf(conn, "$c#63") // continue: no reply until it stops again
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.NoError(t, err, "the guest ran /bin/true once continued")
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the guest did not finish after continue")
+	}
+	assert.Contains(t, stderr.String(), "gdb -ex 'target remote "+addr+"'")
 }

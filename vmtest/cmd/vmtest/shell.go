@@ -97,6 +97,9 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, fmt.Errorf("wait for a free guest slot: %w", err)
 	}
+	if f.gdb != "" {
+		fmt.Fprintln(os.Stderr, gdbHint(f.gdb))
+	}
 	res, err := vmtest.Run(ctx, opts)
 	slot.Release()
 	if err != nil {
