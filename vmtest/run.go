@@ -48,6 +48,10 @@ type Command struct {
 	// (an interactive shell): what it prints goes to Options.Console and it
 	// reads Options.Stdin.
 	Terminal bool
+	// ShellOnFail, when the command fails, runs this guest program (a
+	// shell) on the console in its directory and environment, for the
+	// person at Options.Stdin, before the guest powers off.
+	ShellOnFail string
 }
 
 // Output is a file (or a directory of files) a command writes in the guest
@@ -375,7 +379,7 @@ func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error 
 			guest = guestBinDir + "/" + c.ID
 			files = append(files, images.File{Guest: guest, Host: c.Binary, Mode: 0o755, StripDWARF: !opts.KeepDWARF})
 		}
-		pc := proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir, Terminal: c.Terminal}
+		pc := proto.Command{ID: c.ID, Path: guest, Args: c.Args, Dir: c.Dir, Terminal: c.Terminal, ShellOnFail: c.ShellOnFail}
 		for _, o := range c.Outputs {
 			pc.Outputs = append(pc.Outputs, proto.Output{Path: o.Guest, Dir: o.Dir})
 		}

@@ -34,27 +34,28 @@ func gdbHint(addr string) string {
 
 // vmFlags are the flags run and exec share; run passes them on to exec.
 type vmFlags struct {
-	kernel     string
-	accel      string
-	memory     int
-	cpus       int
-	timeout    time.Duration
-	modules    string
-	results    string
-	console    bool
-	qemu       string
-	vms        int
-	append     string
-	init       string
-	kaslr      bool
-	dwarf      bool
-	limits     struct{ output, artifacts sizeFlag }
-	files      int
-	share      string
-	shareLimit sizeFlag
-	autoload   bool
-	goroot     bool
-	gdb        string
+	kernel      string
+	accel       string
+	memory      int
+	cpus        int
+	timeout     time.Duration
+	modules     string
+	results     string
+	console     bool
+	qemu        string
+	vms         int
+	append      string
+	init        string
+	kaslr       bool
+	dwarf       bool
+	limits      struct{ output, artifacts sizeFlag }
+	files       int
+	share       string
+	shareLimit  sizeFlag
+	autoload    bool
+	goroot      bool
+	gdb         string
+	shellOnFail bool
 	// extraCommands are u-root commands the image needs besides the
 	// default ones (vmtest shell's shell); not a flag.
 	extraCommands []string
@@ -74,6 +75,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
 	fs.BoolVar(&f.dwarf, "keep-dwarf", false, "put test binaries in the guest with their DWARF debug info (dropped by default: nothing in the guest reads it, and it costs boot time)")
 	fs.StringVar(&f.gdb, "gdb", "", "HOST:PORT for QEMU's gdb stub (say localhost:1234): the guest waits for the debugger before its first instruction, the kernel runs without KASLR, the timeout becomes 24h unless -timeout is given, and vmtest prints the gdb command; vmtest run then boots one guest at a time")
+	fs.BoolVar(&f.shellOnFail, "shell-on-fail", false, "(exec) when the binary fails, keep the guest up with a shell on this terminal in its directory and environment; ignored, with a note, without a terminal (CI)")
 	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")
@@ -220,6 +222,9 @@ func (f *vmFlags) args() []string {
 	}
 	if f.gdb != "" {
 		a = append(a, "-gdb", f.gdb)
+	}
+	if f.shellOnFail {
+		a = append(a, "-shell-on-fail")
 	}
 	if f.dwarf {
 		a = append(a, "-keep-dwarf")

@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/vmtest"
@@ -53,6 +56,18 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	var tty *os.File
+	if f.shellOnFail {
+		if tty, err = openTTY(); err != nil {
+			fmt.Fprintf(os.Stderr, "vmtest: -shell-on-fail ignored: %v\n", err)
+		} else {
+			defer tty.Close()
+			f.extraCommands = []string{"github.com/u-root/u-root/cmds/core/" + shellCommand}
+			if f.timeout == defaultTimeout {
+				f.timeout = 24 * time.Hour // a person may be in the shell
+			}
+		}
+	}
 	p, err := prepare(ctx, &f, os.Stderr)
 	if err != nil {
 		return 1, err
@@ -79,6 +94,11 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	opts.Env = env
 	opts.Files = files
 	opts.Shares = shares
+	if tty != nil {
+		opts.Commands[0].ShellOnFail = shellCommand
+		opts.Stdin, opts.Console = tty, tty
+		opts.Append = strings.TrimSpace(opts.Append + " quiet")
+	}
 	dir, err := cacheDir()
 	if err != nil {
 		return 1, err
@@ -125,6 +145,20 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
 	}
 	return code, nil
+}
+
+// openTTY opens the controlling terminal for -shell-on-fail: stdin may be
+// /dev/null (go test gives -exec programs none) while a person is there.
+func openTTY() (*os.File, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("no terminal: %w", err)
+	}
+	if _, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS); err != nil {
+		tty.Close()
+		return nil, fmt.Errorf("no terminal: %w", err)
+	}
+	return tty, nil
 }
 
 // gorootTree is the disk of the Go installation go test runs with (its

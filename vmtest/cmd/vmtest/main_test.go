@@ -737,3 +737,88 @@ func TestGDBStub(t *testing.T) {
 	}
 	assert.Contains(t, stderr.String(), "gdb -ex 'target remote "+addr+"'")
 }
+
+// TestShellOnFail: with -shell-on-fail a failing test binary leaves the
+// guest up with a shell on the controlling terminal (stdin is /dev/null, as
+// go test gives -exec programs), in the test's directory and environment;
+// leaving it powers the guest off and the failure is still reported. Without
+// a terminal the flag is ignored with a note.
+func TestShellOnFail(t *testing.T) {
+	bin := vmtestBin(t)
+	testBin := filepath.Join(t.TempDir(), "sample.test")
+	build := exec.Command("go", "test", "-c", "-o", testBin, "./vmtest/testdata/sample")
+	build.Dir = repoRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	pkgDir := mustAbs(t, filepath.Join(repoRoot, "vmtest", "testdata", "sample"))
+
+	ptmx, pts := openPTY(t)
+	cmd := exec.Command(bin, "exec", "-kernel", "6.1", "-shell-on-fail", "-results", t.TempDir(), testBin, "-test.run", "^TestFailOnPurpose$")
+	cmd.Dir = pkgDir
+	cmd.Stdout, cmd.Stderr = pts, pts // stdin: /dev/null
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 1}
+	require.NoError(t, cmd.Start())
+	pts.Close()
+	var mu sync.Mutex
+	var screen bytes.Buffer
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			screen.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		mu.Lock()
+		t.Logf("terminal:\n%s", screen.String())
+		mu.Unlock()
+	}()
+	waitFor := func(what string, limit time.Duration) {
+		t.Helper()
+		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			mu.Lock()
+			ok := strings.Contains(screen.String(), what)
+			mu.Unlock()
+			if ok {
+				return
+			}
+		}
+		t.Fatalf("%q did not come within %s", what, limit)
+	}
+	waitFor("a shell in "+pkgDir, 3*time.Minute)
+	waitFor("$ ", 30*time.Second)
+	_, err = ptmx.Write([]byte("pwd; echo GUEST-$VMTEST_GUEST\r"))
+	require.NoError(t, err)
+	waitFor(pkgDir+"\r", 30*time.Second)
+	waitFor("GUEST-1", 30*time.Second)
+	_, err = ptmx.Write([]byte("exit\r"))
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "the test's failure is still vmtest's")
+		assert.Equal(t, 1, ee.ExitCode())
+	case <-time.After(time.Minute):
+		t.Fatal("the guest did not power off after the shell")
+	}
+
+	// No terminal (as in CI): the flag is ignored, with a note.
+	noTTY := exec.Command(bin, "exec", "-kernel", "6.1", "-shell-on-fail", "-results", t.TempDir(), testBin, "-test.run", "^TestFailOnPurpose$")
+	noTTY.Dir = pkgDir
+	noTTY.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // no controlling terminal
+	out, err = noTTY.CombinedOutput()
+	require.Error(t, err)
+	assert.Contains(t, string(out), "-shell-on-fail ignored")
+	assert.Contains(t, string(out), "this test fails on purpose")
+}

@@ -343,12 +343,35 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	} else if ex.Code == -1 && cmd.ProcessState != nil {
 		ex.Error = cmd.ProcessState.String()
 	}
+	if c.ShellOnFail != "" && ex.Code != 0 {
+		a.shellOnFail(c, cmd.Env, ex)
+	}
 	a.sendArtifacts(c.ID, artifacts)
 	a.sendOutputs(c.Outputs, start)
 	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)
 	}
+}
+
+// shellOnFail gives the person at the console a shell where the failed
+// command ran, with its environment, and returns when they leave it.
+func (a *agent) shellOnFail(c proto.Command, env []string, ex proto.Exit) {
+	tty, err := openTerminal(env)
+	if err != nil {
+		a.faultf("shell after %s failed: %v", c.ID, err)
+		return
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "\r\nvmtest: %s failed (exit status %d); a shell in %s with its environment. Leave it (exit) to power off.\r\n", c.ID, ex.Code, c.Dir)
+	sh := exec.Command(c.ShellOnFail)
+	sh.Dir, sh.Env = c.Dir, env
+	sh.Stdin, sh.Stdout, sh.Stderr = tty, tty, tty
+	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := sh.Run(); err != nil {
+		a.logf("shell after %s: %v", c.ID, err)
+	}
+	reapOrphans()
 }
 
 // reapOrphans collects the exit status of every child that has exited. As

@@ -93,6 +93,10 @@ type Command struct {
 	// terminal, instead of sending its output in frames: an interactive
 	// shell (vmtest shell), whose keystrokes come in on the console.
 	Terminal bool `json:"terminal,omitempty"`
+	// ShellOnFail, when the command fails, runs ShellPath on the console
+	// in its directory and environment before its results are sent, and
+	// waits for the person there to leave it.
+	ShellOnFail string `json:"shell_on_fail,omitempty"`
 }
 
 // Output is a file, or a directory of files, a command writes for the host.
@@ -149,6 +153,9 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 		e.put(c.Args...)
 		if c.Terminal {
 			e.put("terminal")
+		}
+		if c.ShellOnFail != "" {
+			e.put("shell_on_fail", c.ShellOnFail)
 		}
 		for _, o := range c.Outputs {
 			kind := "file"
@@ -215,6 +222,12 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 				c.Args = append(c.Args, d.next())
 			}
 			j.Commands = append(j.Commands, c)
+		case "shell_on_fail":
+			sh := d.next()
+			if len(j.Commands) == 0 {
+				return errors.New("job: shell_on_fail before any command")
+			}
+			j.Commands[len(j.Commands)-1].ShellOnFail = sh
 		case "terminal":
 			if len(j.Commands) == 0 {
 				return errors.New("job: terminal before any command")

@@ -17,6 +17,7 @@ func TestJobRoundTrip(t *testing.T) {
 			Commands: []Command{
 				{ID: "pkg.test", Path: "/vmtest/bin/pkg.test", Dir: "/src/pkg", Args: []string{"-test.run", "^(A|B)$", "", "with space", "new\nline", "ünïcode"}},
 				{ID: "shell", Path: "/bbin/gosh", Dir: "/src", Terminal: true},
+				{ID: "failing", Path: "/x.test", Dir: "/src", ShellOnFail: "gosh"},
 				{ID: "second", Path: "/x", Args: []string{"-v"}, Outputs: []Output{{Path: "/tmp/w/b001/_cover_.out"}, {Path: "/tmp/w/b001/gocoverdir", Dir: true}}},
 			},
 			Modules:    []string{"/lib/modules/6.1/kernel/drivers/net/veth.ko"},
