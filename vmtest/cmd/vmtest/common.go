@@ -21,6 +21,7 @@ import (
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/kernels"
 	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
 // defaultTimeout bounds one boot unless -timeout says otherwise.
@@ -354,4 +355,36 @@ func selfPath() string {
 		return ""
 	}
 	return p
+}
+
+// bootGuest boots the one guest of vmtest exec or shell: with GOROOT's disk
+// and its bin/ first on PATH under -goroot, in a free guest slot, after
+// telling how to attach gdb under -gdb.
+func bootGuest(ctx context.Context, f *vmFlags, opts vmtest.Options) (*vmtest.Result, error) {
+	dir, err := cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	if f.goroot {
+		t, err := gorootTree(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		if t != nil {
+			opts.Trees = append(opts.Trees, *t)
+			opts.Env = append(opts.Env, "PATH="+filepath.Join(t.Dir, "bin")+":"+vmtest.GuestPath)
+		}
+	}
+	if f.vms == 0 {
+		f.vms = defaultVMs(f.memory)
+	}
+	slot, err := slots.Acquire(ctx, filepath.Join(dir, "vm-slots"), f.vms)
+	if err != nil {
+		return nil, fmt.Errorf("wait for a free guest slot: %w", err)
+	}
+	defer slot.Release()
+	if f.gdb != "" {
+		fmt.Fprintln(os.Stderr, gdbHint(f.gdb))
+	}
+	return vmtest.Run(ctx, opts)
 }

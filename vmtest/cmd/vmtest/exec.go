@@ -17,7 +17,6 @@ import (
 
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/vmtest"
-	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
 func execCmd(ctx context.Context, args []string) (int, error) {
@@ -99,40 +98,15 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 		opts.Stdin, opts.Console = tty, tty
 		opts.Append = strings.TrimSpace(opts.Append + " quiet")
 	}
-	dir, err := cacheDir()
-	if err != nil {
-		return 1, err
-	}
-	if f.goroot {
-		t, err := gorootTree(ctx, dir)
-		if err != nil {
-			return 1, err
-		}
-		if t != nil {
-			opts.Trees = append(opts.Trees, *t)
-			opts.Env = append(opts.Env, "PATH="+filepath.Join(t.Dir, "bin")+":"+vmtest.GuestPath)
-		}
-	}
 	opts.OutDir = outDir
 	opts.Output = os.Stdout
-	if f.console {
+	if f.console && tty == nil {
 		opts.Console = os.Stderr
 	}
 	if os.Getenv("VMTEST_VERBOSE") != "" {
 		opts.Progress = os.Stderr
 	}
-	if f.vms == 0 {
-		f.vms = defaultVMs(f.memory)
-	}
-	slot, err := slots.Acquire(ctx, filepath.Join(dir, "vm-slots"), f.vms)
-	if err != nil {
-		return 1, fmt.Errorf("wait for a free guest slot: %w", err)
-	}
-	if f.gdb != "" {
-		fmt.Fprintln(os.Stderr, gdbHint(f.gdb))
-	}
-	res, err := vmtest.Run(ctx, opts)
-	slot.Release()
+	res, err := bootGuest(ctx, &f, opts)
 	if err != nil {
 		return 1, err
 	}

@@ -562,42 +562,9 @@ func mustAbs(t *testing.T, p string) string {
 // vmtest's.
 func TestShell(t *testing.T) {
 	bin := vmtestBin(t)
-	ptmx, pts := openPTY(t)
 	cmd := exec.Command(bin, "shell", "-kernel", "6.1", "-results", t.TempDir())
 	cmd.Dir = repoRoot
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	require.NoError(t, cmd.Start())
-	pts.Close()
-	var mu sync.Mutex
-	var screen bytes.Buffer
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptmx.Read(buf)
-			mu.Lock()
-			screen.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		mu.Lock()
-		t.Logf("terminal:\n%s", screen.String())
-		mu.Unlock()
-	}()
-	snapshot := func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return screen.String()
-	}
+	ptmx, snapshot, done := startOnPTY(t, cmd, true)
 	waitFor := func(what string, from int, limit time.Duration) int {
 		t.Helper()
 		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -645,6 +612,51 @@ func TestShell(t *testing.T) {
 	}
 	_, _, code := runVMTest(t, "shell", "-kernel", "6.1", "-results", t.TempDir(), "--", "false")
 	assert.Equal(t, 1, code, "vmtest shell -- false exits with false's status")
+}
+
+// startOnPTY starts cmd with a new pseudo-terminal as its controlling
+// terminal and stdout and stderr (and stdin if withStdin), and returns the
+// terminal's master, what has appeared on it so far, and cmd's end. The
+// screen is logged and cmd killed when the test ends.
+func startOnPTY(t *testing.T, cmd *exec.Cmd, withStdin bool) (*os.File, func() string, <-chan error) {
+	t.Helper()
+	ptmx, pts := openPTY(t)
+	cmd.Stdout, cmd.Stderr = pts, pts
+	ctty := 1
+	if withStdin {
+		cmd.Stdin, ctty = pts, 0
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: ctty}
+	require.NoError(t, cmd.Start())
+	pts.Close()
+	var mu sync.Mutex
+	var screen bytes.Buffer
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			screen.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	snapshot := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return screen.String()
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		t.Logf("terminal:\n%s", snapshot())
+	})
+	return ptmx, snapshot, done
 }
 
 // openPTY opens a pseudo-terminal pair.
@@ -753,44 +765,13 @@ func TestShellOnFail(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	pkgDir := mustAbs(t, filepath.Join(repoRoot, "vmtest", "testdata", "sample"))
 
-	ptmx, pts := openPTY(t)
 	cmd := exec.Command(bin, "exec", "-kernel", "6.1", "-shell-on-fail", "-results", t.TempDir(), testBin, "-test.run", "^TestFailOnPurpose$")
 	cmd.Dir = pkgDir
-	cmd.Stdout, cmd.Stderr = pts, pts // stdin: /dev/null
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 1}
-	require.NoError(t, cmd.Start())
-	pts.Close()
-	var mu sync.Mutex
-	var screen bytes.Buffer
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptmx.Read(buf)
-			mu.Lock()
-			screen.Write(buf[:n])
-			mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		mu.Lock()
-		t.Logf("terminal:\n%s", screen.String())
-		mu.Unlock()
-	}()
+	ptmx, snapshot, done := startOnPTY(t, cmd, false) // stdin: /dev/null, as go test gives
 	waitFor := func(what string, limit time.Duration) {
 		t.Helper()
 		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			mu.Lock()
-			ok := strings.Contains(screen.String(), what)
-			mu.Unlock()
-			if ok {
+			if strings.Contains(snapshot(), what) {
 				return
 			}
 		}

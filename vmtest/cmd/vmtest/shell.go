@@ -6,14 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/skbstore/vmtest"
-	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
 // shellCommand is the guest's interactive shell: u-root's gosh.
@@ -76,32 +74,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	opts.Files, opts.Shares = files, shares
 	opts.OutDir = outDir
 	opts.Console, opts.Stdin = os.Stdout, os.Stdin
-	dir, err := cacheDir()
-	if err != nil {
-		return 1, err
-	}
-	if f.goroot {
-		t, err := gorootTree(ctx, dir)
-		if err != nil {
-			return 1, err
-		}
-		if t != nil {
-			opts.Trees = append(opts.Trees, *t)
-			opts.Env = append(opts.Env, "PATH="+filepath.Join(t.Dir, "bin")+":"+vmtest.GuestPath)
-		}
-	}
-	if f.vms == 0 {
-		f.vms = defaultVMs(f.memory)
-	}
-	slot, err := slots.Acquire(ctx, filepath.Join(dir, "vm-slots"), f.vms)
-	if err != nil {
-		return 1, fmt.Errorf("wait for a free guest slot: %w", err)
-	}
-	if f.gdb != "" {
-		fmt.Fprintln(os.Stderr, gdbHint(f.gdb))
-	}
-	res, err := vmtest.Run(ctx, opts)
-	slot.Release()
+	res, err := bootGuest(ctx, &f, opts)
 	if err != nil {
 		return 1, err
 	}
