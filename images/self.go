@@ -171,22 +171,38 @@ func urootVersion() string {
 	return ""
 }
 
+// ErrNoGo is returned by GOROOT when there is no go command on PATH.
+var ErrNoGo = errors.New("no go command on PATH")
+
+// GOROOT is the Go installation of the go command on PATH (under go test,
+// the one running the tests: it puts its bin/ first).
+func GOROOT(ctx context.Context) (string, error) {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNoGo, err)
+	}
+	out, err := exec.CommandContext(ctx, goCmd, "env", "GOROOT").Output()
+	goroot := strings.TrimSpace(string(out))
+	if err != nil || goroot == "" {
+		return "", fmt.Errorf("go env GOROOT: %v", err)
+	}
+	return goroot, nil
+}
+
 // buildCommands writes to dst the archive recs plus u-root's busybox of
 // cmds, built in a scratch module that requires u-root at version.
 func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds []string, recs []cpio.Record, dst string, progress io.Writer) error {
 	if version == "" || version == "(devel)" {
 		return errors.New("this vmtest program does not say which u-root it was built with")
 	}
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		return fmt.Errorf("building them needs the go command: %w", err)
-	}
 	// u-root's builder runs $GOROOT/bin/go, GOROOT defaulting to this
 	// program's, which is unknown when it was built with -trimpath.
-	out, err := exec.CommandContext(ctx, goCmd, "env", "GOROOT").Output()
-	goroot := strings.TrimSpace(string(out))
-	if err != nil || goroot == "" {
-		return fmt.Errorf("go env GOROOT: %v", err)
+	goroot, err := GOROOT(ctx)
+	if errors.Is(err, ErrNoGo) {
+		return fmt.Errorf("building them needs the go command: %w", err)
+	}
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp(opts.CacheDir, "cmds-")
 	if err != nil {

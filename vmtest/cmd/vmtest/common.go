@@ -27,6 +27,36 @@ import (
 // defaultTimeout bounds one boot unless -timeout says otherwise.
 const defaultTimeout = 10 * time.Minute
 
+// forAPerson lifts the limit of a boot to a day unless -timeout was given: a
+// person is at the guest's shell or debugger.
+func (f *vmFlags) forAPerson() {
+	if !f.timeoutSet {
+		f.timeout = 24 * time.Hour
+	}
+}
+
+// durationFlag is a duration flag that records whether it was given.
+type durationFlag struct {
+	d   *time.Duration
+	set *bool
+}
+
+func (v durationFlag) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v durationFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v.d, *v.set = d, true
+	return nil
+}
+
 // gdbHint tells how to attach the debugger to a guest waiting for it.
 func gdbHint(addr string) string {
 	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s' (then continue; the kernel runs "+
@@ -40,6 +70,7 @@ type vmFlags struct {
 	memory      int
 	cpus        int
 	timeout     time.Duration
+	timeoutSet  bool // -timeout was given
 	modules     string
 	results     string
 	console     bool
@@ -68,7 +99,8 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
-	fs.DurationVar(&f.timeout, "timeout", defaultTimeout, "limit for one boot, from QEMU start to power-off")
+	f.timeout = defaultTimeout
+	fs.Var(durationFlag{&f.timeout, &f.timeoutSet}, "timeout", "limit for one boot, from QEMU start to power-off")
 	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
 	fs.StringVar(&f.results, "results", "", "directory to keep results in")
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
@@ -99,9 +131,7 @@ func (f *vmFlags) check() error {
 		if _, port, err := net.SplitHostPort(f.gdb); err != nil || port == "" {
 			errs = append(errs, fmt.Errorf("-gdb %q: give HOST:PORT, say localhost:1234", f.gdb))
 		}
-		if f.timeout == defaultTimeout {
-			f.timeout = 24 * time.Hour // a person is at the debugger
-		}
+		f.forAPerson()
 		f.vms = 1 // one stub, one port
 	}
 	if f.cpus < 1 || f.cpus > 255 {

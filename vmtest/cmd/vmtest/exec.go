@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -61,10 +60,8 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 			fmt.Fprintf(os.Stderr, "vmtest: -shell-on-fail ignored: %v\n", err)
 		} else {
 			defer tty.Close()
-			f.extraCommands = []string{"github.com/u-root/u-root/cmds/core/" + shellCommand}
-			if f.timeout == defaultTimeout {
-				f.timeout = 24 * time.Hour // a person may be in the shell
-			}
+			f.extraCommands = []string{shellPackage}
+			f.forAPerson()
 		}
 	}
 	p, err := prepare(ctx, &f, os.Stderr)
@@ -112,13 +109,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "vmtest: kernel %s (%s), accelerator %s, boot %.1fs, total %.1fs\n",
 		f.kernel, res.Release, res.Accel, res.Boot.Seconds(), res.Duration.Seconds())
-	code := reportExec(os.Stderr, res, f.kernel)
-	if code == 0 && !keep {
-		os.RemoveAll(outDir)
-	} else if !keep {
-		fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
-	}
-	return code, nil
+	return reportExec(os.Stderr, res, f.kernel, keep), nil
 }
 
 // openTTY opens the controlling terminal for -shell-on-fail: stdin may be
@@ -139,14 +130,12 @@ func openTTY() (*os.File, error) {
 // bin/ is first on the PATH it gives us); nil when there is no go command,
 // as when vmtest exec runs a binary by itself.
 func gorootTree(ctx context.Context, cacheDir string) (*vmtest.DiskTree, error) {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
+	goroot, err := images.GOROOT(ctx)
+	if errors.Is(err, images.ErrNoGo) {
 		return nil, nil
 	}
-	out, err := exec.CommandContext(ctx, goCmd, "env", "GOROOT").Output()
-	goroot := strings.TrimSpace(string(out))
-	if err != nil || goroot == "" {
-		return nil, fmt.Errorf("go env GOROOT: %v", err)
+	if err != nil {
+		return nil, err
 	}
 	return vmtest.GorootDisk(ctx, goroot, cacheDir)
 }
@@ -340,8 +329,24 @@ func execOutDir(results, id string) (dir string, keep bool, err error) {
 	return dir, false, err
 }
 
-// reportExec tells on w what went wrong in the guest and returns the exit code.
-func reportExec(w io.Writer, res *vmtest.Result, kernel string) int {
+// reportExec reports one boot of exec or shell (guestVerdict) and, unless
+// keep, removes its results directory after a success or names it after a
+// failure.
+func reportExec(w io.Writer, res *vmtest.Result, kernel string, keep bool) int {
+	code := guestVerdict(w, res, kernel)
+	if !keep {
+		if code == 0 {
+			os.RemoveAll(res.OutDir)
+		} else {
+			fmt.Fprintf(w, "vmtest: logs kept in %s\n", res.OutDir)
+		}
+	}
+	return code
+}
+
+// guestVerdict tells on w what went wrong in the guest and returns the exit
+// code.
+func guestVerdict(w io.Writer, res *vmtest.Result, kernel string) int {
 	code := 0
 	if len(res.Commands) > 0 && res.Commands[0].Exit != nil {
 		c := res.Commands[0]

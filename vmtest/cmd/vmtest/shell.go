@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/skbstore/vmtest"
 )
 
-// shellCommand is the guest's interactive shell: u-root's gosh.
-const shellCommand = "gosh"
+// The guest's interactive shell, u-root's gosh: one more u-root command in
+// the image of vmtest shell and -shell-on-fail.
+const (
+	shellCommand = "gosh"
+	shellPackage = "github.com/u-root/u-root/cmds/core/" + shellCommand
+)
 
 func shellCmd(ctx context.Context, args []string) (int, error) {
 	fs := flag.NewFlagSet("vmtest shell", flag.ContinueOnError)
@@ -37,11 +40,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 		}
 		return 2, errUsage
 	}
-	timeoutSet := false
-	fs.Visit(func(fl *flag.Flag) { timeoutSet = timeoutSet || fl.Name == "timeout" })
-	if !timeoutSet {
-		f.timeout = 24 * time.Hour // a person is at the keyboard
-	}
+	f.forAPerson()
 	if err := f.check(); err != nil {
 		return 2, err
 	}
@@ -49,8 +48,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	if fs.NArg() > 0 {
 		prog, progArgs = fs.Arg(0), fs.Args()[1:]
 	}
-	// The shell is one more u-root command in the image.
-	f.extraCommands = []string{"github.com/u-root/u-root/cmds/core/" + shellCommand}
+	f.extraCommands = []string{shellPackage}
 	p, err := prepare(ctx, &f, os.Stderr)
 	if err != nil {
 		return 1, err
@@ -78,15 +76,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	code := reportExec(os.Stderr, res, f.kernel)
-	if !keep {
-		if code == 0 {
-			os.RemoveAll(outDir)
-		} else {
-			fmt.Fprintf(os.Stderr, "vmtest: logs kept in %s\n", outDir)
-		}
-	}
-	return code, nil
+	return reportExec(os.Stderr, res, f.kernel, keep), nil
 }
 
 // terminalEnv is what the guest's shell learns of this terminal.

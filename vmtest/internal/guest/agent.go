@@ -315,15 +315,11 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	// killed before the next command.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if c.Terminal {
-		tty, err := openTerminal(cmd.Env)
+		tty, err := onTerminal(cmd)
 		if err != nil {
 			a.faultf("terminal for %s: %v", c.ID, err)
 		} else {
 			defer tty.Close()
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-			// A session of its own with the console as its terminal:
-			// Ctrl-C there signals the shell's foreground job.
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 		}
 	}
 
@@ -357,17 +353,15 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 // shellOnFail gives the person at the console a shell where the failed
 // command ran, with its environment, and returns when they leave it.
 func (a *agent) shellOnFail(c proto.Command, env []string, ex proto.Exit) {
-	tty, err := openTerminal(env)
+	sh := exec.Command(c.ShellOnFail)
+	sh.Dir, sh.Env = c.Dir, env
+	tty, err := onTerminal(sh)
 	if err != nil {
 		a.faultf("shell after %s failed: %v", c.ID, err)
 		return
 	}
 	defer tty.Close()
 	fmt.Fprintf(tty, "\r\nvmtest: %s failed (exit status %d); a shell in %s with its environment. Leave it (exit) to power off.\r\n", c.ID, ex.Code, c.Dir)
-	sh := exec.Command(c.ShellOnFail)
-	sh.Dir, sh.Env = c.Dir, env
-	sh.Stdin, sh.Stdout, sh.Stderr = tty, tty, tty
-	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := sh.Run(); err != nil {
 		a.logf("shell after %s: %v", c.ID, err)
 	}

@@ -41,21 +41,14 @@ func TestFrameWriterSplitsLargeOutput(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, len(data), n)
 
-	r := proto.NewReader(&b, key)
 	var got []byte
-	frames := 0
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
+	frames := readFrames(t, &b, key)
+	for _, f := range frames {
 		assert.Equal(t, proto.TypeOutput, f.Type)
 		assert.Equal(t, "t", f.Name)
 		got = append(got, f.Payload...)
-		frames++
 	}
-	assert.Equal(t, 3, frames)
+	assert.Len(t, frames, 3)
 	assert.Equal(t, data, got)
 }
 
@@ -69,14 +62,8 @@ func TestFrameWriterKeepsToTheCap(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, 60, n, "a test writing past the cap must not see errors")
 	}
-	r := proto.NewReader(&b, key)
 	var out, faults []string
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
+	for _, f := range readFrames(t, &b, key) {
 		switch f.Type {
 		case proto.TypeOutput:
 			out = append(out, string(f.Payload))
@@ -100,14 +87,8 @@ func TestSendFilesKeepsToTheFileCap(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte(n), 0o644))
 	}
 	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}, {Path: filepath.Join(dir, "a")}}, time.Time{})
-	r := proto.NewReader(&b, key)
 	files, faults := 0, 0
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
+	for _, f := range readFrames(t, &b, key) {
 		switch f.Type {
 		case proto.TypeOutFile:
 			files++
@@ -134,17 +115,26 @@ func TestSendOutputsOnlyNew(t *testing.T) {
 	since := time.Now().Add(-time.Minute)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "new"), []byte("new"), 0o644))
 	a.sendOutputs([]proto.Output{{Path: dir, Dir: true}}, since)
-	r := proto.NewReader(&b, key)
 	var names []string
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
+	for _, f := range readFrames(t, &b, key) {
 		if f.Type == proto.TypeOutFile {
 			names = append(names, f.Name)
 		}
 	}
 	assert.Equal(t, []string{"0/new"}, names)
+}
+
+// readFrames reads every frame the agent wrote to b, checking each.
+func readFrames(t *testing.T, b *bytes.Buffer, key []byte) []proto.Frame {
+	t.Helper()
+	r := proto.NewReader(b, key)
+	var frames []proto.Frame
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return frames
+		}
+		require.NoError(t, err)
+		frames = append(frames, f)
+	}
 }

@@ -4,8 +4,10 @@ package guest
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,6 +15,19 @@ import (
 // consoleDevice is the guest's console (console=ttyS0): QEMU connects it to
 // the host's terminal for vmtest shell.
 const consoleDevice = "/dev/ttyS0"
+
+// onTerminal makes the console cmd's standard input, output and error and
+// its controlling terminal, in a session of its own: Ctrl-C there signals
+// its foreground job. The caller closes the terminal when cmd is done.
+func onTerminal(cmd *exec.Cmd) (*os.File, error) {
+	tty, err := openTerminal(cmd.Env)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	return tty, nil
+}
 
 // openTerminal readies the console for an interactive command: a sane line
 // discipline (echo, line editing, Ctrl-C as SIGINT, CR to NL), the host
