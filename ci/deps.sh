@@ -10,7 +10,7 @@ need() { # need COMMAND PACKAGE (sbin counts: a user's PATH may lack it)
 }
 
 if ! command -v go >/dev/null 2>&1; then
-	echo "vmtest: 'go' was not found on PATH: install Go 1.24 or newer (https://go.dev/doc/install)" >&2
+	echo "vmtest: 'go' was not found on PATH: install Go 1.26 or newer (https://go.dev/doc/install)" >&2
 	exit 1
 fi
 need qemu-system-x86_64 qemu-system-x86
