@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -33,18 +34,52 @@ func fakeELF(modinfo ...string) []byte {
 		info.WriteString(kv)
 		info.WriteByte(0)
 	}
-	shstr := []byte("\x00.modinfo\x00.shstrtab\x00")
+	return elfFile(elf.ET_REL, elf.EM_X86_64, elfSection{".modinfo", info.Bytes()})
+}
+
+// fakeVmlinux is an executable like a vmlinux with debug info: a .rodata
+// with the banner of release and a .debug_info.
+func fakeVmlinux(release string, debugInfo bool) []byte {
+	secs := []elfSection{{".rodata", []byte("\x00Linux version " + release + " (test@example) #1 SMP\n\x00")}}
+	if debugInfo {
+		secs = append(secs, elfSection{".debug_info", make([]byte, 64)})
+	}
+	return elfFile(elf.ET_EXEC, elf.EM_X86_64, secs...)
+}
+
+// elfSection is one SHT_PROGBITS section of elfFile.
+type elfSection struct {
+	name string
+	data []byte
+}
+
+// elfFile lays out an ELF64 little-endian file with the given sections
+// and a section name table, no segments.
+func elfFile(typ elf.Type, machine elf.Machine, secs ...elfSection) []byte {
+	shstr := []byte{0}
+	nameOff := make([]uint32, len(secs)+1)
+	for i, s := range secs {
+		nameOff[i] = uint32(len(shstr))
+		shstr = append(append(shstr, s.name...), 0)
+	}
+	nameOff[len(secs)] = uint32(len(shstr))
+	shstr = append(append(shstr, ".shstrtab"...), 0)
 	const ehsize, shentsize = 64, 64
-	infoOff := uint64(ehsize)
-	shstrOff := infoOff + uint64(info.Len())
+	off := uint64(ehsize)
+	offs := make([]uint64, len(secs))
+	for i, s := range secs {
+		offs[i] = off
+		off += uint64(len(s.data))
+	}
+	shstrOff := off
 	shoff := shstrOff + uint64(len(shstr))
 
 	var b bytes.Buffer
 	le := binary.LittleEndian
 	b.Write([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0})
 	b.Write(make([]byte, 8))
-	binary.Write(&b, le, uint16(1))  // ET_REL
-	binary.Write(&b, le, uint16(62)) // EM_X86_64
+	binary.Write(&b, le, uint16(typ))
+	binary.Write(&b, le, uint16(machine))
 	binary.Write(&b, le, uint32(1))
 	binary.Write(&b, le, uint64(0)) // entry
 	binary.Write(&b, le, uint64(0)) // phoff
@@ -54,9 +89,11 @@ func fakeELF(modinfo ...string) []byte {
 	binary.Write(&b, le, uint16(0)) // phentsize
 	binary.Write(&b, le, uint16(0)) // phnum
 	binary.Write(&b, le, uint16(shentsize))
-	binary.Write(&b, le, uint16(3)) // shnum
-	binary.Write(&b, le, uint16(2)) // shstrndx
-	b.Write(info.Bytes())
+	binary.Write(&b, le, uint16(len(secs)+2)) // shnum: null, sections, .shstrtab
+	binary.Write(&b, le, uint16(len(secs)+1)) // shstrndx
+	for _, s := range secs {
+		b.Write(s.data)
+	}
 	b.Write(shstr)
 	sh := func(name, typ uint32, off, size uint64) {
 		binary.Write(&b, le, name)
@@ -71,8 +108,10 @@ func fakeELF(modinfo ...string) []byte {
 		binary.Write(&b, le, uint64(0)) // entsize
 	}
 	sh(0, 0, 0, 0)
-	sh(1, 1, infoOff, uint64(info.Len()))   // .modinfo, SHT_PROGBITS
-	sh(10, 3, shstrOff, uint64(len(shstr))) // .shstrtab, SHT_STRTAB
+	for i, s := range secs {
+		sh(nameOff[i], uint32(elf.SHT_PROGBITS), offs[i], uint64(len(s.data)))
+	}
+	sh(nameOff[len(secs)], uint32(elf.SHT_STRTAB), shstrOff, uint64(len(shstr)))
 	return b.Bytes()
 }
 

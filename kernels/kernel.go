@@ -17,6 +17,7 @@ type Kernel struct {
 	Image      string       // absolute path of the bootable bzImage/vmlinuz
 	Config     string       // absolute path of the kernel config, "" if unknown
 	ModulesDir string       // absolute path of lib/modules/<Release> (has modules.dep), "" if none
+	Vmlinux    string       // absolute path of the vmlinux with debug info, "" until there is one (Cache.Symbols)
 }
 
 // PackageRef identifies one downloaded Debian package exactly.

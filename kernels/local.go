@@ -42,6 +42,16 @@ func localKernel(name, path string) (*Kernel, error) {
 		return nil, fmt.Errorf("kernel %s: %w", name, err)
 	}
 	k := &Kernel{Name: name, Release: release, Source: SourceLocal, Image: image}
+	// A build tree's vmlinux is at its top; a packaged one in boot/ or
+	// under /usr/lib/debug.
+	vmlinuxes := []string{filepath.Join(filepath.Dir(image), "vmlinux"), filepath.Join(dir, "vmlinux"),
+		filepath.Join(filepath.Dir(image), "vmlinux-"+release), filepath.Join("/usr/lib/debug/boot", "vmlinux-"+release)}
+	for _, v := range vmlinuxes {
+		if fi, err := os.Stat(v); err == nil && fi.Mode().IsRegular() {
+			k.Vmlinux = v
+			break
+		}
+	}
 	roots := []string{dir, filepath.Dir(dir)} // the image may sit in DIR/boot
 	if filepath.Base(dir) == "boot" && filepath.Dir(dir) == "/" {
 		roots = []string{"/"} // /boot/vmlinuz-X: the host's own kernel

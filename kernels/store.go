@@ -191,6 +191,9 @@ func kernelFromTree(name, dir string, m treeMeta) *Kernel {
 	if m.ConfigSize >= 0 {
 		k.Config = filepath.Join(dir, treeConfig)
 	}
+	if fi, err := os.Stat(filepath.Join(dir, treeVmlinux)); err == nil && fi.Mode().IsRegular() {
+		k.Vmlinux = filepath.Join(dir, treeVmlinux)
+	}
 	return k
 }
 

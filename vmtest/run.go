@@ -131,6 +131,9 @@ type Options struct {
 	Output io.Writer
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// Started, when set, is called once QEMU runs: from then on its gdb
+	// stub (GDB) takes connections.
+	Started func()
 }
 
 // Module is a kernel module file to put in the image and load.
@@ -551,6 +554,9 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 	stdoutW.Close()
 	if err != nil {
 		return fmt.Errorf("vmtest: start %s: %w", qemu, err)
+	}
+	if opts.Started != nil {
+		opts.Started()
 	}
 
 	consoleDone := make(chan struct{})

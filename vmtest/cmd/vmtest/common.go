@@ -57,10 +57,19 @@ func (v durationFlag) Set(s string) error {
 	return nil
 }
 
-// gdbHint tells how to attach the debugger to a guest waiting for it.
-func gdbHint(addr string) string {
-	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s' (then continue; the kernel runs "+
-		"without KASLR; no vmlinux with symbols is fetched for Debian's kernels, add-symbol-file one of your own)", addr)
+// gdbHint tells how to attach the debugger to a guest waiting for it, with
+// the kernel's symbols when they are on disk.
+func gdbHint(addr string, k *kernels.Kernel) string {
+	if k.Vmlinux != "" {
+		return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s' %s\n"+
+			"vmtest: (then, say, hbreak start_kernel and continue; the kernel runs without KASLR)", addr, quoteWords([]string{k.Vmlinux}))
+	}
+	how := "vmtest kernels -fetch " + k.Name + " -debug fetches them"
+	if k.Source != kernels.SourceDebian {
+		how = "put the build's vmlinux beside its image"
+	}
+	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s'\n"+
+		"vmtest: (then continue; the kernel runs without KASLR; no symbols: %s)", addr, how)
 }
 
 // vmFlags are the flags run and exec share; run passes them on to exec.
@@ -390,7 +399,7 @@ func selfPath() string {
 // bootGuest boots the one guest of vmtest exec or shell: with GOROOT's disk
 // and its bin/ first on PATH under -goroot, in a free guest slot, after
 // telling how to attach gdb under -gdb.
-func bootGuest(ctx context.Context, f *vmFlags, opts vmtest.Options) (*vmtest.Result, error) {
+func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options) (*vmtest.Result, error) {
 	dir, err := cacheDir()
 	if err != nil {
 		return nil, err
@@ -414,7 +423,7 @@ func bootGuest(ctx context.Context, f *vmFlags, opts vmtest.Options) (*vmtest.Re
 	}
 	defer slot.Release()
 	if f.gdb != "" {
-		fmt.Fprintln(os.Stderr, gdbHint(f.gdb))
+		opts.Started = func() { fmt.Fprintln(os.Stderr, gdbHint(f.gdb, p.kernel)) }
 	}
 	return vmtest.Run(ctx, opts)
 }

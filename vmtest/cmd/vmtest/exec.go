@@ -103,7 +103,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if os.Getenv("VMTEST_VERBOSE") != "" {
 		opts.Progress = os.Stderr
 	}
-	res, err := bootGuest(ctx, &f, opts)
+	res, err := bootGuest(ctx, &f, p, opts)
 	if err != nil {
 		return 1, err
 	}

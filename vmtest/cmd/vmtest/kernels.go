@@ -13,9 +13,10 @@ import (
 
 func kernelsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("vmtest kernels", flag.ContinueOnError)
-	fetch := fs.String("fetch", "", "fetch this kernel version into the cache")
+	fetch := fs.String("fetch", "", "fetch this kernel version (or local kernel path) into the cache")
+	debug := fs.Bool("debug", false, "with -fetch: also fetch the kernel's vmlinux with debug info, for gdb (Debian: its -dbg package, some 300 MB; local: the vmlinux beside it)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: vmtest kernels [-fetch VERSION]\n\nLists available and cached kernels.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: vmtest kernels [-fetch VERSION [-debug]]\n\nLists available and cached kernels; -fetch fetches one and prints its release and image\n(and, with -debug, its vmlinux with symbols, which -gdb then names in the gdb command).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -35,7 +36,17 @@ func kernelsCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("%s: %s %s\n", *fetch, k.Release, k.Image)
+		if *debug {
+			v, err := c.Symbols(ctx, k)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s: vmlinux %s\n", *fetch, v)
+		}
 		return nil
+	}
+	if *debug {
+		return errors.New("-debug goes with -fetch VERSION")
 	}
 	fmt.Printf("available: %s (default %s)\n", strings.Join(kernels.Available(), " "), kernels.DefaultVersion)
 	cached, err := c.List()

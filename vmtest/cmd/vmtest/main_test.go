@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -802,4 +803,79 @@ func TestShellOnFail(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, string(out), "-shell-on-fail ignored")
 	assert.Contains(t, string(out), "this test fails on purpose")
+}
+
+// TestGDBSymbols: `vmtest kernels -fetch 6.1 -debug` fetches the vmlinux of
+// Debian's -dbg package, -gdb names it in the gdb command, and real gdb
+// with it stops the guest at kernel_init and reads the kernel's command
+// line from guest memory: the symbols are those of the running kernel.
+func TestGDBSymbols(t *testing.T) {
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("gdb is not installed (.ci/run installs it)")
+		}
+		t.Skip("needs gdb")
+	}
+	bin := vmtestBin(t)
+	out, err := exec.Command(bin, "kernels", "-fetch", "6.1", "-debug").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	m := regexp.MustCompile(`(?m)^6\.1: vmlinux (\S+)$`).FindSubmatch(out)
+	require.NotNil(t, m, "%s", out)
+	vmlinux := string(m[1])
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "exec", "-kernel", "6.1", "-gdb", addr, "-results", t.TempDir(), "/bin/true")
+	cmd.Dir = repoRoot
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	require.NoError(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		t.Logf("stderr:\n%s", stderr.String())
+	}()
+	hint := "gdb -ex 'target remote " + addr + "' " + vmlinux
+	for deadline := time.Now().Add(3 * time.Minute); !strings.Contains(stderr.String(), hint); time.Sleep(100 * time.Millisecond) {
+		require.True(t, time.Now().Before(deadline), "no gdb command naming the vmlinux")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	g := exec.CommandContext(ctx, gdb, "-batch", "-nx", "-ex", "target remote "+addr, "-ex", "hbreak kernel_init", "-ex", "continue",
+		"-ex", "print saved_command_line", "-ex", "print init_uts_ns.name.release", "-ex", "delete", "-ex", "detach", vmlinux)
+	gout, err := g.CombinedOutput()
+	require.NoError(t, err, "%s", gout)
+	assert.Contains(t, string(gout), "Breakpoint 1, kernel_init")
+	assert.Regexp(t, `\$1 = 0x[0-9a-f]+ "console=ttyS0.* nokaslr`, string(gout), "the command line, read from the guest's memory")
+	assert.Contains(t, string(gout), `$2 = "6.1.0-`)
+	select {
+	case err := <-done:
+		require.NoError(t, err, "the guest ran /bin/true once gdb detached")
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the guest did not finish after gdb detached")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a process writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

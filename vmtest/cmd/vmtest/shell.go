@@ -72,7 +72,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	opts.Files, opts.Shares = files, shares
 	opts.OutDir = outDir
 	opts.Console, opts.Stdin = os.Stdout, os.Stdin
-	res, err := bootGuest(ctx, &f, opts)
+	res, err := bootGuest(ctx, &f, p, opts)
 	if err != nil {
 		return 1, err
 	}
