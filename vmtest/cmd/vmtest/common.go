@@ -117,7 +117,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
 	fs.BoolVar(&f.dwarf, "keep-dwarf", false, "put test binaries in the guest with their DWARF debug info (dropped by default: nothing in the guest reads it, and it costs boot time)")
 	fs.StringVar(&f.gdb, "gdb", "", "HOST:PORT for QEMU's gdb stub (say localhost:1234): the guest waits for the debugger before its first instruction, the kernel runs without KASLR, the timeout becomes 24h unless -timeout is given, and vmtest prints the gdb command; vmtest run then boots one guest at a time")
-	fs.BoolVar(&f.shellOnFail, "shell-on-fail", false, "(exec) when the binary fails, keep the guest up with a shell on this terminal in its directory and environment; ignored, with a note, without a terminal (CI)")
+	fs.BoolVar(&f.shellOnFail, "shell-on-fail", false, "when a test binary fails, keep its guest up with a shell on this terminal in its directory and environment (run: one guest at a time, go test -p=1, and -timeout=0 unless given); ignored, with a note, without a terminal (CI)")
 	fs.BoolVar(&f.kaslr, "kaslr", false, "keep the kernel's address space randomization (vmtest boots with nokaslr: under emulation it makes boot times vary)")
 	fs.StringVar(&f.init, "init", images.InitAgent, "guest PID 1: agent (vmtest's guest agent sets up the guest itself; fastest) or uroot (u-root's init sets up a full u-root system and starts the agent)")
 	fs.IntVar(&f.vms, "vms", 0, "most guests to run at once, across all vmtest processes of this user (default: by CPUs and memory)")

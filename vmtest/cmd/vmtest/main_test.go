@@ -879,3 +879,58 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestRunShellOnFail: vmtest run -shell-on-fail, from a terminal, gives a
+// shell in the guest of the failing package, in its directory; leaving it
+// finishes the run, which still reports the failure.
+func TestRunShellOnFail(t *testing.T) {
+	bin := vmtestBin(t)
+	pkgDir := mustAbs(t, filepath.Join(repoRoot, "vmtest", "testdata", "sample"))
+	cmd := exec.Command(bin, "run", "-kernel", "6.1", "-shell-on-fail", "-results", t.TempDir(), "--",
+		"go", "test", "-run", "^TestFailOnPurpose$", "./vmtest/testdata/sample")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	ptmx, snapshot, done := startOnPTY(t, cmd, true)
+	waitFor := func(what string, limit time.Duration) {
+		t.Helper()
+		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if strings.Contains(snapshot(), what) {
+				return
+			}
+		}
+		t.Fatalf("%q did not come within %s", what, limit)
+	}
+	waitFor("a shell in "+pkgDir, 5*time.Minute)
+	waitFor("$ ", 30*time.Second)
+	_, err := ptmx.Write([]byte("echo IN-$VMTEST_GUEST-$(pwd)\r"))
+	require.NoError(t, err)
+	waitFor("IN-1-"+pkgDir, 30*time.Second)
+	_, err = ptmx.Write([]byte("exit\r"))
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "the failure is still the run's")
+		assert.Equal(t, 1, ee.ExitCode())
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the run did not end after the shell")
+	}
+	assert.Regexp(t, `0 passed, 1 failed`, snapshot())
+}
+
+// TestHostBpftool: u-root has no bpftool, but the host's, shared with
+// -share, runs in the guest with its C libraries (libelf, libz, libcap).
+func TestHostBpftool(t *testing.T) {
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("bpftool is not installed (.ci/run installs it)")
+		}
+		t.Skip("needs the host's bpftool")
+	}
+	stdout, _, code := runVMTest(t, "shell", "-kernel", "6.1", "-results", t.TempDir(), "-share", bpftool, "--",
+		"bpftool", "feature", "probe", "kernel")
+	require.Equal(t, 0, code)
+	assert.Contains(t, stdout, "bpf() syscall is available")
+	assert.Contains(t, stdout, "eBPF program_type xdp is available")
+}

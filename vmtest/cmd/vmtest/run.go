@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -101,6 +102,9 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	if f.vms == 0 {
 		f.vms = defaultVMs(f.memory)
 	}
+	if f.shellOnFail {
+		testFlags = f.shellOnFailPlan(testFlags)
+	}
 
 	runDir, err := newRunDir(f.results)
 	if err != nil {
@@ -119,7 +123,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	}
 
 	rep := &report.Report{Started: time.Now()}
-	st := newStatus(os.Stderr, names)
+	st := newStatus(os.Stderr, names, !f.shellOnFail)
 	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, binArgs: binArgs, perKernel: perKernel, kernels: len(names)}
 	var wg sync.WaitGroup
 	for _, n := range names {
@@ -242,8 +246,11 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED="+m.cgo(), "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
 	cmd.Stderr = os.Stderr
 	// A process group of its own, so that stopping the run reaches go test
-	// and every vmtest exec under it however the signal came.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// and every vmtest exec under it however the signal came; but a shell
+	// on the terminal needs the terminal's foreground group (QEMU puts the
+	// terminal in raw mode and reads it), where Ctrl-C reaches all anyway.
+	ownGroup := !m.f.shellOnFail
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: ownGroup}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		k.Error = err.Error()
@@ -286,11 +293,15 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 			return
 		case <-ctx.Done():
 		}
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		target := cmd.Process.Pid
+		if ownGroup {
+			target = -target
+		}
+		_ = syscall.Kill(target, syscall.SIGINT)
 		select {
 		case <-exited:
 		case <-time.After(30 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = syscall.Kill(target, syscall.SIGKILL)
 		}
 	}()
 	if _, err := r.Read(stdout); err != nil {
@@ -302,6 +313,31 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		state = "interrupted"
 	}
 	m.st.set(k.Name, fmt.Sprintf("%s in %.0fs", state, time.Since(start).Seconds()))
+}
+
+// shellOnFailPlan makes a run fit for -shell-on-fail: one guest at a time
+// on the terminal (one kernel, one package: go test -p=1), and no kill by
+// go test while a person is in the shell (-timeout=0 unless one was given:
+// go test kills a test binary, here vmtest exec, a minute after its
+// -timeout). Without a terminal the flag is dropped with a note.
+func (f *runFlags) shellOnFailPlan(testFlags []string) []string {
+	tty, err := openTTY()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: -shell-on-fail ignored: %v\n", err)
+		f.shellOnFail = false
+		return testFlags
+	}
+	tty.Close()
+	f.vms = 1
+	f.extraCommands = []string{shellPackage} // the base image is built here, for all guests
+	testFlags = append(slices.Clone(testFlags), "-p=1")
+	if !slices.ContainsFunc(testFlags, func(a string) bool {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		return strings.HasPrefix(a, "-") && name == "timeout"
+	}) {
+		testFlags = append(testFlags, "-timeout=0")
+	}
+	return testFlags
 }
 
 // kernelTag adds a "Kernel" field to each go test -json event, so that the

@@ -36,8 +36,11 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-func newStatus(w *os.File, names []string) *status {
-	s := &status{w: w, tty: isTerminal(w) && os.Getenv("TERM") != "dumb", start: time.Now(),
+// newStatus shows the kernels' states on w; live is false when something
+// else (a guest's shell) may take the terminal, which a redrawn line would
+// scribble on.
+func newStatus(w *os.File, names []string, live bool) *status {
+	s := &status{w: w, tty: live && isTerminal(w) && os.Getenv("TERM") != "dumb", start: time.Now(),
 		order: names, kernels: map[string]*kernelStatus{}, stop: make(chan struct{})}
 	for _, n := range names {
 		s.kernels[n] = &kernelStatus{state: "waiting", since: s.start}
