@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // x86 boot protocol (Documentation/arch/x86/boot.rst): "HdrS" at 0x202 marks
@@ -44,6 +45,19 @@ func isBzImage(path string) (bool, error) {
 // bzImageRelease reads the kernel release (the first word of the version
 // string, as `uname -r` prints it) from a bzImage's setup header.
 func bzImageRelease(path string) (string, error) {
+	v, err := bzImageVersion(path)
+	if err != nil {
+		return "", err
+	}
+	release, _, _ := strings.Cut(v, " ")
+	return release, nil
+}
+
+// bzImageVersion returns the whole version string of a bzImage's setup
+// header, e.g. "6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1
+// SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)": the release, who built
+// it where, and the build's UTS_VERSION.
+func bzImageVersion(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -66,10 +80,10 @@ func bzImageRelease(path string) (string, error) {
 		return "", fmt.Errorf("%s: read version string: %w", path, err)
 	}
 	s = s[:n]
-	if i := bytes.IndexAny(s, " \x00"); i >= 0 {
+	if i := bytes.IndexByte(s, 0); i >= 0 {
 		s = s[:i]
 	}
-	if len(s) == 0 {
+	if len(s) == 0 || s[0] == ' ' {
 		return "", fmt.Errorf("%s: bzImage has an empty version string", path)
 	}
 	return string(s), nil

@@ -38,9 +38,14 @@ func fakeELF(modinfo ...string) []byte {
 }
 
 // fakeVmlinux is an executable like a vmlinux with debug info: a .rodata
-// with the banner of release and a .debug_info.
+// with the banner of release, built as fakeBzImage says, and a .debug_info.
 func fakeVmlinux(release string, debugInfo bool) []byte {
-	secs := []elfSection{{".rodata", []byte("\x00Linux version " + release + " (test@example) #1 SMP\n\x00")}}
+	return fakeVmlinuxBuild(release, "#1 SMP", debugInfo)
+}
+
+// fakeVmlinuxBuild is fakeVmlinux with another UTS_VERSION.
+func fakeVmlinuxBuild(release, uts string, debugInfo bool) []byte {
+	secs := []elfSection{{".rodata", []byte("\x00Linux version " + release + " (test@example) (gcc 12.2.0) " + uts + "\n\x00")}}
 	if debugInfo {
 		secs = append(secs, elfSection{".debug_info", make([]byte, 64)})
 	}

@@ -44,7 +44,7 @@ func (c *Cache) Symbols(ctx context.Context, k *Kernel) (string, error) {
 		if k.Vmlinux == "" {
 			return "", fmt.Errorf("symbols of kernel %s: %w: put the vmlinux of this build beside its image (or at the top of its build tree)", k.Name, ErrNoSymbols)
 		}
-		if err := checkVmlinux(k.Vmlinux, k.Release); err != nil {
+		if err := checkVmlinux(k.Vmlinux, k.Image); err != nil {
 			return "", fmt.Errorf("symbols of kernel %s: %w", k.Name, err)
 		}
 		return k.Vmlinux, nil
@@ -56,7 +56,7 @@ func (c *Cache) Symbols(ctx context.Context, k *Kernel) (string, error) {
 func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 	tree := filepath.Dir(k.Image)
 	dst := filepath.Join(tree, treeVmlinux)
-	if checkVmlinux(dst, k.Release) == nil {
+	if checkVmlinux(dst, k.Image) == nil {
 		return dst, nil
 	}
 	if c.Offline {
@@ -78,7 +78,7 @@ func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 		return "", err
 	}
 	defer unlock()
-	if checkVmlinux(dst, k.Release) == nil {
+	if checkVmlinux(dst, k.Image) == nil {
 		return dst, nil // fetched while we waited
 	}
 	repo, err := newAptRepo(c, series)
@@ -100,7 +100,7 @@ func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 	defer os.Remove(debs[0])
 	c.logf("extracting vmlinux from %s", ref.Name)
 	t := time.Now()
-	if err := extractVmlinux(ctx, debs[0], k.Release, dst); err != nil {
+	if err := extractVmlinux(ctx, debs[0], k.Release, k.Image, dst); err != nil {
 		return "", fmt.Errorf("%s %s: %w", ref.Name, ref.Version, err)
 	}
 	c.logf("extracted vmlinux of %s in %.1fs", k.Release, time.Since(t).Seconds())
@@ -142,7 +142,7 @@ func (c *Cache) findDebugPackage(ctx context.Context, series debSeries, repo *ap
 // extractVmlinux copies the vmlinux of release out of a -dbg package into
 // dst (through a temporary file beside it), reading the package only up to
 // it, and checks it.
-func extractVmlinux(ctx context.Context, deb, release, dst string) error {
+func extractVmlinux(ctx context.Context, deb, release, image, dst string) error {
 	dpkgDeb, err := exec.LookPath("dpkg-deb")
 	if err != nil {
 		return errors.New("dpkg-deb not found: install the dpkg package")
@@ -193,15 +193,27 @@ func extractVmlinux(ctx context.Context, deb, release, dst string) error {
 		if err != nil {
 			return fmt.Errorf("extract %s: %w", h.Name, err)
 		}
-		if err := checkVmlinux(tmp.Name(), release); err != nil {
+		if err := checkVmlinux(tmp.Name(), image); err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
 		return os.Rename(tmp.Name(), dst)
 	}
 }
 
-// checkVmlinux checks that path is the vmlinux, with DWARF, of release.
-func checkVmlinux(path, release string) error {
+// checkVmlinux checks that path is a vmlinux with DWARF of the very build
+// of the bzImage at image: its banner ("Linux version <release> (<builder>)
+// (<compiler>) <UTS_VERSION>") must agree with the image's version string
+// ("<release> (<builder>) <UTS_VERSION>"), whose UTS_VERSION dates the build.
+func checkVmlinux(path, image string) error {
+	version, err := bzImageVersion(image)
+	if err != nil {
+		return err
+	}
+	release, rest, _ := strings.Cut(version, " ")
+	want := [][]byte{[]byte("Linux version " + release + " ")}
+	if builder, uts, ok := strings.Cut(rest, ") "); ok && strings.HasPrefix(builder, "(") {
+		want = [][]byte{[]byte("Linux version " + release + " " + builder + ") ("), []byte(") " + uts)}
+	}
 	f, err := elf.Open(path)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrNoSymbols, path, err)
@@ -221,8 +233,18 @@ func checkVmlinux(path, release string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: read .rodata: %w", ErrNoSymbols, path, err)
 	}
-	if !bytes.Contains(data, []byte("Linux version "+release+" ")) {
-		return fmt.Errorf("%w: %s is not the build of kernel %s (its banner names another release)", ErrNoSymbols, path, release)
+	// A kernel has more than one banner (/proc/version's has no build
+	// number); one must match.
+	for rest := data; ; {
+		i := bytes.Index(rest, want[0])
+		if i < 0 {
+			return fmt.Errorf("%w: %s is not the build of the kernel image (%s): its banner names another release or build", ErrNoSymbols, path, version)
+		}
+		line, _, _ := bytes.Cut(rest[i:], []byte("\n"))
+		if len(want) == 1 || bytes.HasSuffix(line, want[1]) {
+			break
+		}
+		rest = rest[i+len(want[0]):]
 	}
 	return nil
 }
