@@ -50,9 +50,9 @@ type Cache struct {
 	// Keyring verifies the archive's signatures; "" means Debian's archive
 	// keyring from the debian-archive-keyring package.
 	Keyring string
-	// OCIRepo, if set, is an OCI repository of kernel images (one tag per
-	// version, e.g. ghcr.io/cilium/ci-kernels) where versions that Debian
-	// lacks are looked for: "6.8" is OCIRepo:6.8.
+	// OCIRepo, if set, is an OCI repository of kernel images laid out as
+	// DefaultOCIRepo's (one tag per version) where names that Debian
+	// lacks are looked for: "6.8" is OCIRepo:6.8. NewCache sets it.
 	OCIRepo string
 
 	insecureArchive bool   // tests: trust an unsigned local archive
@@ -97,14 +97,23 @@ func DefaultDir() (string, error) {
 	return filepath.Join(base, "skbstore-vmtest"), nil
 }
 
+// DefaultOCIRepo is where versions Debian lacks are looked for: cilium/ebpf's
+// CI kernels.
+const DefaultOCIRepo = "ghcr.io/cilium/ci-kernels"
+
 // NewCache returns a Cache in DefaultDir that reports progress on stderr and
-// takes OCIRepo from $VMTEST_OCI_REPO.
+// takes OCIRepo from $VMTEST_OCI_REPO: DefaultOCIRepo when it is unset, no
+// OCI source when it is set but empty.
 func NewCache() (*Cache, error) {
 	dir, err := DefaultDir()
 	if err != nil {
 		return nil, err
 	}
-	return &Cache{Dir: dir, Progress: os.Stderr, OCIRepo: os.Getenv(envOCIRepo)}, nil
+	repo, set := os.LookupEnv(envOCIRepo)
+	if !set {
+		repo = DefaultOCIRepo
+	}
+	return &Cache{Dir: dir, Progress: os.Stderr, OCIRepo: repo}, nil
 }
 
 func (c *Cache) kernelsDir() string { return filepath.Join(c.Dir, "kernels") }
@@ -164,20 +173,26 @@ func (c *Cache) Get(ctx context.Context, name string) (*Kernel, error) {
 	if c.Dir == "" {
 		return nil, fmt.Errorf("fetch kernel %s: Cache.Dir is empty (use NewCache)", name)
 	}
-	series, ok := findSeries(s.version)
-	if !ok {
-		if c.OCIRepo != "" {
-			k, err := c.getOCI(ctx, s)
+	if s.debian() {
+		if series, ok := findSeries(s.version); ok {
+			k, err := c.getDebian(ctx, s, series)
 			if err != nil {
-				return nil, fmt.Errorf("fetch kernel %s from %s: %w (the Debian source offers %s)", name, c.OCIRepo, err, strings.Join(Available(), ", "))
+				return nil, fmt.Errorf("fetch kernel %s: %w", name, err)
 			}
 			return k, nil
 		}
-		return nil, unknownVersionError(name)
 	}
-	k, err := c.getDebian(ctx, s, series)
+	if !s.oci() || c.OCIRepo == "" {
+		return nil, unknownVersionError(name, c.OCIRepo)
+	}
+	k, err := c.getOCI(ctx, s)
 	if err != nil {
-		return nil, fmt.Errorf("fetch kernel %s: %w", name, err)
+		debian := "Debian offers " + strings.Join(Available(), ", ")
+		if s.source == SourceOCI {
+			debian = "Debian not asked (oci:)"
+		}
+		return nil, fmt.Errorf("fetch kernel %s: %s; OCI %s: %w; point %s at a mirror of %s, or give a local kernel's path",
+			name, debian, c.OCIRepo, err, envOCIRepo, DefaultOCIRepo)
 	}
 	return k, nil
 }
@@ -191,8 +206,8 @@ func (c *Cache) Resolve(ctx context.Context, name string) ([]PackageRef, error) 
 		return nil, err
 	}
 	series, ok := findSeries(s.version)
-	if !ok {
-		return nil, unknownVersionError(name)
+	if !ok || !s.debian() {
+		return nil, unknownVersionError(name, "")
 	}
 	repo, err := newAptRepo(c, series)
 	if err != nil {

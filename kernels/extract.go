@@ -18,7 +18,12 @@ const (
 	treeConfig    = "config"
 	treeSystemMap = "System.map"
 	treeMarker    = "complete"
+	treeSelftests = "selftests-bpf"
 )
+
+// imageSelftestsDir is where cilium/ci-kernels' -selftests images keep the
+// BPF selftests' objects.
+const imageSelftestsDir = "usr/src/linux/tools/testing/selftests/bpf"
 
 func treeModulesRel(release string) string { return filepath.Join("lib", "modules", release) }
 
@@ -111,6 +116,7 @@ func arrangeTree(stage, raw string) (release string, err error) {
 	}
 	for _, f := range []struct{ dst, name string }{
 		{treeImage, "vmlinuz"}, {treeConfig, "config"}, {treeSystemMap, "System.map"},
+		{treeVmlinux, "vmlinux"}, // OCI -debug images
 	} {
 		for _, src := range cands(f.name) {
 			if err := os.Rename(src, filepath.Join(stage, f.dst)); err == nil {
@@ -119,6 +125,10 @@ func arrangeTree(stage, raw string) (release string, err error) {
 				return "", err
 			}
 		}
+	}
+	// OCI -selftests images: the BPF selftests' objects.
+	if err := os.Rename(filepath.Join(raw, filepath.FromSlash(imageSelftestsDir)), filepath.Join(stage, treeSelftests)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
 	}
 	if err := os.RemoveAll(raw); err != nil {
 		return "", err

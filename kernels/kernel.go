@@ -18,6 +18,7 @@ type Kernel struct {
 	Config     string       // absolute path of the kernel config, "" if unknown
 	ModulesDir string       // absolute path of lib/modules/<Release> (has modules.dep), "" if none
 	Vmlinux    string       // absolute path of the vmlinux with debug info, "" until there is one (Cache.Symbols)
+	Selftests  string       // absolute path of the BPF selftests' objects (OCI -selftests images), "" if none
 }
 
 // PackageRef identifies one downloaded Debian package exactly.

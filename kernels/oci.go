@@ -47,32 +47,43 @@ func (c *Cache) remoteOptions(ctx context.Context) []remote.Option {
 }
 
 func (c *Cache) getOCI(ctx context.Context, s spec) (*Kernel, error) {
-	if s.name != s.version {
-		return nil, fmt.Errorf("flavour %q: flavours are Debian's; an OCI kernel is named by its tag alone (%s)", s.flavour, s.version)
-	}
-	tag, err := name.NewTag(strings.TrimRight(c.OCIRepo, "/") + ":" + s.version)
+	repo, err := name.NewRepository(strings.TrimRight(c.OCIRepo, "/"))
 	if err != nil {
 		return nil, fmt.Errorf("OCI repository %q: %w", c.OCIRepo, err)
 	}
-	h := sha256.Sum256([]byte(tag.Context().String()))
+	h := sha256.Sum256([]byte(repo.String()))
 	sourceID := hex.EncodeToString(h[:8])
-	canonical := "oci-" + s.version
+	var ref name.Reference = repo.Tag(s.tag)
+	canonical := "oci-" + s.tag
+	if s.digest != "" {
+		// A pinned image never changes: its resolution never expires.
+		ref, canonical = repo.Digest(s.digest), "oci-"+strings.ReplaceAll(s.digest, ":", "-")
+		if res, ok := c.readResolution(canonical, sourceID); ok {
+			if k, err := c.openTree(s, res); err == nil {
+				return k, nil
+			}
+		}
+	}
 	start := time.Now()
 	if res, ok := c.readResolution(canonical, sourceID); ok && !c.Refresh && (c.Offline || time.Since(res.ResolvedAt) < c.maxAge()) {
 		if k, err := c.openTree(s, res); err == nil {
 			return k, nil
 		}
 	}
-	res, err := c.resolveOCI(ctx, tag, canonical, sourceID, start)
+	res, err := c.resolveOCI(ctx, ref, canonical, sourceID, start)
 	if err != nil {
 		return nil, err
 	}
-	return c.fetchOCI(ctx, s, tag, res)
+	return c.fetchOCI(ctx, s, ref, res)
 }
 
-// resolveOCI finds the image digest a tag points to now.
-func (c *Cache) resolveOCI(ctx context.Context, tag name.Tag, canonical, sourceID string, start time.Time) (resolution, error) {
-	unlock, err := lockFile(ctx, c.lockPath(canonical), "to resolve "+tag.String(), c.progress())
+// ociLookupTimeout bounds the look-up of a tag: a registry that cannot be
+// reached must not hold a run for minutes.
+const ociLookupTimeout = 30 * time.Second
+
+// resolveOCI finds the image digest a reference points to now.
+func (c *Cache) resolveOCI(ctx context.Context, ref name.Reference, canonical, sourceID string, start time.Time) (resolution, error) {
+	unlock, err := lockFile(ctx, c.lockPath(canonical), "to resolve "+ref.String(), c.progress())
 	if err != nil {
 		return resolution{}, err
 	}
@@ -82,12 +93,17 @@ func (c *Cache) resolveOCI(ctx context.Context, tag name.Tag, canonical, sourceI
 		return old, nil
 	}
 	if c.Offline {
-		return resolution{}, fmt.Errorf("offline, and %s was never fetched", tag)
+		return resolution{}, fmt.Errorf("offline, and %s was never fetched", ref)
 	}
-	img, err := remote.Image(tag, c.remoteOptions(ctx)...)
+	lctx, cancel := context.WithTimeout(ctx, ociLookupTimeout)
+	defer cancel()
+	img, err := remote.Image(ref, c.remoteOptions(lctx)...)
 	if err == nil {
 		var res resolution
-		if res, err = ociResolution(img, tag, canonical, sourceID); err == nil {
+		if res, err = ociResolution(img, ref, canonical, sourceID); err == nil {
+			if haveOld && old.Key != res.Key {
+				c.logf("%s moved: %s -> %s", ref, old.Packages[0].Version, res.Packages[0].Version)
+			}
 			if err := c.writeResolution(res); err != nil {
 				return resolution{}, fmt.Errorf("record resolution: %w", err)
 			}
@@ -95,13 +111,13 @@ func (c *Cache) resolveOCI(ctx context.Context, tag name.Tag, canonical, sourceI
 		}
 	}
 	if haveOld && ctx.Err() == nil {
-		c.logf("warning: could not look up %s (%v); using the image of %s", tag, err, old.ResolvedAt.Format(time.RFC3339))
+		c.logf("warning: could not look up %s (%v); using the image of %s", ref, err, old.ResolvedAt.Format(time.RFC3339))
 		return old, nil
 	}
-	return resolution{}, fmt.Errorf("look up %s: %w", tag, err)
+	return resolution{}, fmt.Errorf("look up %s: %w", ref, err)
 }
 
-func ociResolution(img v1.Image, tag name.Tag, canonical, sourceID string) (resolution, error) {
+func ociResolution(img v1.Image, ref name.Reference, canonical, sourceID string) (resolution, error) {
 	digest, err := img.Digest()
 	if err != nil {
 		return resolution{}, err
@@ -119,7 +135,7 @@ func ociResolution(img v1.Image, tag name.Tag, canonical, sourceID string) (reso
 	}
 	res := resolution{Format: metaFormat, Name: canonical, SourceID: sourceID, ResolvedAt: time.Now(),
 		Key:      "oci-" + digest.Hex,
-		Packages: []PackageRef{{Name: tag.String(), Version: digest.String(), SHA256: digest.Hex, Size: int64(len(manifest))}}}
+		Packages: []PackageRef{{Name: ref.String(), Version: digest.String(), SHA256: digest.Hex, Size: int64(len(manifest))}}}
 	for _, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
@@ -139,15 +155,15 @@ func ociResolution(img v1.Image, tag name.Tag, canonical, sourceID string) (reso
 
 // fetchOCI makes sure the tree of an image exists, downloading missing
 // layers and unpacking them.
-func (c *Cache) fetchOCI(ctx context.Context, s spec, tag name.Tag, res resolution) (*Kernel, error) {
-	k, unlock, err := c.lockForFetch(ctx, s, res, tag.String())
+func (c *Cache) fetchOCI(ctx context.Context, s spec, ref name.Reference, res resolution) (*Kernel, error) {
+	k, unlock, err := c.lockForFetch(ctx, s, res, ref.String())
 	if k != nil || err != nil {
 		return k, err
 	}
 	defer unlock()
 	start := time.Now()
 	for _, l := range res.Packages[1:] {
-		if err := c.ensureBlob(ctx, tag, l); err != nil {
+		if err := c.ensureBlob(ctx, ref.Context(), l); err != nil {
 			return nil, err
 		}
 	}
@@ -156,7 +172,7 @@ func (c *Cache) fetchOCI(ctx context.Context, s spec, tag name.Tag, res resoluti
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
-	c.logf("extracting %s (%s)", tag, res.Packages[0].Version)
+	c.logf("extracting %s (%s)", ref, res.Packages[0].Version)
 	raw := filepath.Join(stage, "raw")
 	for _, l := range res.Packages[1:] {
 		if err := untarLayer(c.blobPath(l.SHA256), raw); err != nil {
@@ -181,7 +197,7 @@ func (c *Cache) fetchOCI(ctx context.Context, s spec, tag name.Tag, res resoluti
 	if err != nil {
 		return nil, err
 	}
-	m.Name, m.Key, m.Source, m.Packages, m.Depmod = s.version, res.Key, SourceOCI, res.Packages, depmod
+	m.Name, m.Key, m.Source, m.Packages, m.Depmod = tagOf(ref), res.Key, SourceOCI, res.Packages, depmod
 	if err := writeMarker(stage, m); err != nil {
 		return nil, err
 	}
@@ -193,9 +209,17 @@ func (c *Cache) fetchOCI(ctx context.Context, s spec, tag name.Tag, res resoluti
 	return kernelFromTree(s.name, c.treeDir(res.Key), m), nil
 }
 
+// tagOf is the tag of a reference; a digest reference's is its digest.
+func tagOf(ref name.Reference) string {
+	if t, ok := ref.(name.Tag); ok {
+		return t.TagStr()
+	}
+	return ref.Identifier()
+}
+
 // ensureBlob downloads a layer into the blob store unless an intact copy is
 // there, checking its size and digest before it is stored.
-func (c *Cache) ensureBlob(ctx context.Context, tag name.Tag, l PackageRef) error {
+func (c *Cache) ensureBlob(ctx context.Context, repo name.Repository, l PackageRef) error {
 	dst := c.blobPath(l.SHA256)
 	err := verifyDeb(dst, l)
 	if err == nil {
@@ -213,7 +237,7 @@ func (c *Cache) ensureBlob(ctx context.Context, tag name.Tag, l PackageRef) erro
 	}
 	c.logf("downloading layer %s (%s)", l.Version, mib(l.Size))
 	t := time.Now()
-	layer, err := remote.Layer(tag.Context().Digest(l.Version), c.remoteOptions(ctx)...)
+	layer, err := remote.Layer(repo.Digest(l.Version), c.remoteOptions(ctx)...)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Version, err)
 	}

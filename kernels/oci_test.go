@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -188,10 +189,10 @@ func TestOCIKernel(t *testing.T) {
 	// Unknown tags and flavours fail clearly.
 	_, err = newCache().Get(ctx, "6.6")
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "fetch kernel 6.6 from "+r.repo)
+	assert.Contains(t, err.Error(), "fetch kernel 6.6: Debian offers 5.10, 6.1, 6.12, 7.2, 7.3; OCI "+r.repo)
 	assert.Contains(t, err.Error(), "MANIFEST_UNKNOWN")
 	_, err = newCache().Get(ctx, "6.8-generic")
-	assert.ErrorContains(t, err, "flavours are Debian's")
+	assert.ErrorContains(t, err, "not Debian flavours")
 
 	// Offline with the registry gone: still served from the cache.
 	r.srv.Close()
@@ -214,6 +215,14 @@ func TestNewCacheEnv(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "/tmp/x-cache", c.Dir)
 	assert.Equal(t, "ghcr.io/cilium/ci-kernels", c.OCIRepo)
+	t.Setenv("VMTEST_OCI_REPO", "")
+	c, err = NewCache()
+	require.NoError(t, err)
+	assert.Empty(t, c.OCIRepo, "set but empty: no OCI source")
+	os.Unsetenv("VMTEST_OCI_REPO") // t.Setenv restores it
+	c, err = NewCache()
+	require.NoError(t, err)
+	assert.Equal(t, DefaultOCIRepo, c.OCIRepo, "unset: cilium's CI kernels")
 
 	t.Setenv("VMTEST_CACHE_DIR", "")
 	t.Setenv("XDG_CACHE_HOME", "/tmp/xdg")
@@ -226,4 +235,155 @@ func TestNewCacheEnv(t *testing.T) {
 	c, err = NewCache()
 	require.NoError(t, err)
 	assert.Equal(t, "/tmp/home/.cache/skbstore-vmtest", c.Dir)
+}
+
+// ciKernelLayer is a layer laid out as cilium/ci-kernels' images are:
+// /boot/vmlinuz, modules under /usr/lib/modules/<release>, /lib -> usr/lib,
+// plus extra entries.
+func ciKernelLayer(t *testing.T, release, uts string, extra ...tarEntry) v1.Layer {
+	image := fakeBzImage(release, 8192)
+	copy(image[0x300:], release+" (test@example) "+uts+"\x00")
+	mod := "usr/lib/modules/" + release + "/"
+	entries := []tarEntry{
+		{name: "boot/", typ: tar.TypeDir},
+		{name: "boot/vmlinuz", typ: tar.TypeReg, data: image},
+		{name: "usr/lib/modules/", typ: tar.TypeDir},
+		{name: mod + "kernel/lib/test_kmods/bpf_testmod.ko", typ: tar.TypeReg, data: fakeELF("depends=", "name=bpf_testmod")},
+		{name: mod + "modules.order", typ: tar.TypeReg, data: []byte("kernel/lib/test_kmods/bpf_testmod.ko\n")},
+		{name: "lib", typ: tar.TypeSymlink, link: "usr/lib"},
+	}
+	return tarLayer(t, append(entries, extra...))
+}
+
+// pushIndex pushes a multi-platform index under tag: one image per
+// platform ("amd64", "arm64"), each of one layer.
+func (r *fakeRegistry) pushIndex(t *testing.T, tag string, layers map[string]v1.Layer) {
+	var adds []mutate.IndexAddendum
+	for arch, l := range layers {
+		img, err := mutate.AppendLayers(empty.Image, l)
+		require.NoError(t, err)
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	idx := mutate.AppendManifests(empty.Index, adds...)
+	ref, err := name.NewTag(r.repo + ":" + tag)
+	require.NoError(t, err)
+	require.NoError(t, remote.WriteIndex(ref, idx))
+}
+
+// TestOCIRegistryLayouts: images as cilium/ci-kernels publishes them, and
+// the ways they can go wrong, each resolved or refused with a clear message.
+func TestOCIRegistryLayouts(t *testing.T) {
+	r := newFakeRegistry(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	newCache := func() *Cache {
+		return &Cache{Dir: dir, OCIRepo: r.repo, depmodMode: depmodBuiltin, Progress: &syncBuffer{}}
+	}
+
+	t.Run("multi-platform index", func(t *testing.T) {
+		r.pushIndex(t, "mainline", map[string]v1.Layer{
+			"amd64": ciKernelLayer(t, "7.4.0-rc1", "#1 SMP"),
+			"arm64": tarLayer(t, []tarEntry{{name: "boot/vmlinuz", typ: tar.TypeReg, data: []byte("an arm64 Image")}}),
+		})
+		k, err := newCache().Get(ctx, "mainline")
+		require.NoError(t, err)
+		assert.Equal(t, "7.4.0-rc1", k.Release, "the linux/amd64 image")
+		assert.NotEmpty(t, k.ModulesDir, "modules under usr/lib, found whatever /lib links to")
+		assert.True(t, strings.HasPrefix(k.Packages[0].Version, "sha256:"))
+	})
+
+	t.Run("moving tag", func(t *testing.T) {
+		first := r.push(t, "stable", ciKernelLayer(t, "7.3.1", "#1 SMP"))
+		c := newCache()
+		k, err := c.Get(ctx, "stable")
+		require.NoError(t, err)
+		assert.Equal(t, "7.3.1", k.Release)
+		assert.Equal(t, first.String(), k.Packages[0].Version, "the digest is recorded")
+
+		second := r.push(t, "stable", ciKernelLayer(t, "7.3.2", "#1 SMP"))
+		k, err = newCache().Get(ctx, "stable")
+		require.NoError(t, err)
+		assert.Equal(t, "7.3.1", k.Release, "within MaxAge the resolution holds, without asking")
+		c = newCache()
+		c.Refresh = true
+		k, err = c.Get(ctx, "stable")
+		require.NoError(t, err)
+		assert.Equal(t, "7.3.2", k.Release, "resolved again: the tag moved")
+		assert.Equal(t, second.String(), k.Packages[0].Version)
+		assert.Contains(t, c.Progress.(*syncBuffer).String(), "moved: "+first.String()+" -> "+second.String())
+
+		// The first image, by its digest: the same kernel as before.
+		pinned, err := newCache().Get(ctx, "stable@"+first.String())
+		require.NoError(t, err)
+		assert.Equal(t, "7.3.1", pinned.Release)
+		assert.Equal(t, first.String(), pinned.Packages[0].Version)
+		before := r.count("")
+		again, err := newCache().Get(ctx, "stable@"+first.String())
+		require.NoError(t, err)
+		assert.Equal(t, pinned.Image, again.Image)
+		assert.Equal(t, before, r.count(""), "a pinned image is never looked up again")
+		_, err = newCache().Get(ctx, "stable@sha256:"+hex64)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "MANIFEST_UNKNOWN")
+	})
+
+	t.Run("debug image", func(t *testing.T) {
+		r.push(t, "6.6", ciKernelLayer(t, "6.6.134", "#1 SMP"))
+		vmlinux := fakeVmlinuxBuild("6.6.134", "#1 SMP", true)
+		r.push(t, "6.6-debug", ciKernelLayer(t, "6.6.134", "#1 SMP", tarEntry{name: "boot/vmlinux", typ: tar.TypeReg, data: vmlinux}))
+		c := newCache()
+		k, err := c.Get(ctx, "6.6")
+		require.NoError(t, err)
+		assert.Empty(t, k.Vmlinux)
+		v, err := c.Symbols(ctx, k)
+		require.NoError(t, err)
+		assert.Equal(t, filepath.Join(filepath.Dir(k.Image), "vmlinux"), v)
+		got, err := os.ReadFile(v)
+		require.NoError(t, err)
+		assert.Equal(t, vmlinux, got)
+		dk, err := newCache().Get(ctx, "6.6-debug")
+		require.NoError(t, err)
+		assert.NotEmpty(t, dk.Vmlinux, "a -debug image is a kernel with its symbols")
+
+		// A -debug tag of another build (it was rebuilt since): refused.
+		r.push(t, "6.1", ciKernelLayer(t, "6.1.150", "#1 SMP"))
+		r.push(t, "6.1-debug", ciKernelLayer(t, "6.1.150", "#2 SMP", tarEntry{name: "boot/vmlinux", typ: tar.TypeReg, data: fakeVmlinuxBuild("6.1.150", "#2 SMP", true)}))
+		k, err = newCache().Get(ctx, "oci:6.1")
+		require.NoError(t, err)
+		_, err = c.Symbols(ctx, k)
+		require.ErrorIs(t, err, ErrNoSymbols)
+		assert.Contains(t, err.Error(), "is not the build of the kernel image")
+		assert.Contains(t, err.Error(), "has the tag moved")
+	})
+
+	t.Run("selftests image", func(t *testing.T) {
+		r.push(t, "6.6-selftests", ciKernelLayer(t, "6.6.134", "#1 SMP",
+			tarEntry{name: imageSelftestsDir + "/test_progs.bpf.o", typ: tar.TypeReg, data: []byte("\x7fELF bpf")}))
+		k, err := newCache().Get(ctx, "6.6-selftests")
+		require.NoError(t, err)
+		require.NotEmpty(t, k.Selftests)
+		assert.FileExists(t, filepath.Join(k.Selftests, "test_progs.bpf.o"))
+	})
+
+	t.Run("not a kernel", func(t *testing.T) {
+		r.push(t, "6.9", tarLayer(t, []tarEntry{{name: "boot/vmlinuz", typ: tar.TypeReg, data: []byte("#!/bin/sh\necho not a kernel\n")}}))
+		_, err := newCache().Get(ctx, "6.9")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "kernel image is not a bzImage")
+		r.push(t, "6.10", tarLayer(t, []tarEntry{{name: "README", typ: tar.TypeReg, data: []byte("no kernel here")}}))
+		_, err = newCache().Get(ctx, "6.10")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "no kernel image (boot/vmlinuz*) found")
+	})
+
+	t.Run("registry unreachable", func(t *testing.T) {
+		c := &Cache{Dir: t.TempDir(), OCIRepo: "127.0.0.1:1/cilium/ci-kernels"}
+		start := time.Now()
+		_, err := c.Get(ctx, "6.8")
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), ociLookupTimeout, "refused connections fail at once")
+		for _, want := range []string{"fetch kernel 6.8: Debian offers 5.10, 6.1", "OCI 127.0.0.1:1/cilium/ci-kernels", "connection refused", "VMTEST_OCI_REPO", "local kernel"} {
+			assert.Contains(t, err.Error(), want)
+		}
+	})
 }

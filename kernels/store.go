@@ -194,6 +194,9 @@ func kernelFromTree(name, dir string, m treeMeta) *Kernel {
 	if fi, err := os.Stat(filepath.Join(dir, treeVmlinux)); err == nil && fi.Mode().IsRegular() {
 		k.Vmlinux = filepath.Join(dir, treeVmlinux)
 	}
+	if fi, err := os.Stat(filepath.Join(dir, treeSelftests)); err == nil && fi.IsDir() {
+		k.Selftests = filepath.Join(dir, treeSelftests)
+	}
 	return k
 }
 

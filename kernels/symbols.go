@@ -48,9 +48,50 @@ func (c *Cache) Symbols(ctx context.Context, k *Kernel) (string, error) {
 			return "", fmt.Errorf("symbols of kernel %s: %w", k.Name, err)
 		}
 		return k.Vmlinux, nil
+	case SourceOCI:
+		p, err := c.ociSymbols(ctx, k)
+		if err != nil {
+			return "", fmt.Errorf("symbols of kernel %s: %w", k.Name, err)
+		}
+		return p, nil
 	default:
 		return "", fmt.Errorf("symbols of kernel %s: %w: not offered for %s kernels", k.Name, ErrNoSymbols, k.Source)
 	}
+}
+
+// ociSymbols takes the vmlinux of the image's -debug sibling (6.6 ->
+// 6.6-debug), which must be the same build, into the kernel's tree.
+func (c *Cache) ociSymbols(ctx context.Context, k *Kernel) (string, error) {
+	dst := filepath.Join(filepath.Dir(k.Image), treeVmlinux)
+	if checkVmlinux(dst, k.Image) == nil {
+		return dst, nil
+	}
+	if c.Offline {
+		return "", fmt.Errorf("%w cached, and offline", ErrNoSymbols)
+	}
+	s, err := parseName(k.Name)
+	if err != nil {
+		return "", err
+	}
+	debugTag := strings.TrimSuffix(s.tag, "-"+tagSelftests) + "-" + tagDebug
+	dk, err := c.Get(ctx, "oci:"+debugTag)
+	if err != nil {
+		return "", err
+	}
+	if dk.Vmlinux == "" {
+		return "", fmt.Errorf("%w: %s holds no boot/vmlinux", ErrNoSymbols, dk.Packages[0].Name)
+	}
+	if err := checkVmlinux(dk.Vmlinux, k.Image); err != nil {
+		return "", fmt.Errorf("%s (%s): %w (has the tag moved since? vmtest kernels -fetch with a newer image)", dk.Packages[0].Name, dk.Packages[0].Version, err)
+	}
+	tmp := dst + ".tmp"
+	os.Remove(tmp)
+	if err := os.Link(dk.Vmlinux, tmp); err != nil {
+		if err := copyFile(dk.Vmlinux, tmp); err != nil {
+			return "", err
+		}
+	}
+	return dst, os.Rename(tmp, dst)
 }
 
 func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
@@ -71,7 +112,7 @@ func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 	}
 	series, ok := findSeries(s.version)
 	if !ok {
-		return "", unknownVersionError(k.Name)
+		return "", unknownVersionError(k.Name, "")
 	}
 	unlock, err := lockFile(ctx, c.lockPath("symbols-"+filepath.Base(tree)), "to fetch the symbols of "+k.Release, c.progress())
 	if err != nil {
