@@ -48,30 +48,34 @@ func TestActionlintCatchesErrors(t *testing.T) {
 	assert.NotEmpty(t, errs)
 }
 
-// TestKernelListsAgree: the kernels the workflow and the Makefile name are
-// ones the fetcher knows, so a kernel dropped from the matrix (or renamed)
-// cannot linger in CI.
+// TestKernelListsAgree: the workflow's matrix is the kernels package's
+// (it asks `vmtest kernels -matrix`), and the kernels the Makefile names are
+// in it, so a kernel dropped from the matrix (or renamed) cannot linger.
 func TestKernelListsAgree(t *testing.T) {
 	known := map[string]bool{}
-	for _, k := range kernels.Available() {
+	for _, k := range kernels.MatrixNames("") {
 		known[k] = true
 	}
 	wf, err := os.ReadFile("../.github/workflows/vmtest.yml")
 	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^\s*kernel: \[(.*)\]`).FindSubmatch(wf)
-	require.NotNil(t, m, "no kernel matrix in the workflow")
-	for _, k := range strings.Split(string(m[1]), ",") {
-		k = strings.Trim(strings.TrimSpace(k), `"'`)
-		assert.True(t, known[k], "workflow kernel %q is not one of %v", k, kernels.Available())
-	}
+	assert.Contains(t, string(wf), "vmtest kernels -matrix", "the workflow's matrix comes from kernels.Matrix")
+	assert.Contains(t, string(wf), "fromJSON(needs.matrix.outputs.kernels)")
+	assert.NotRegexp(t, `(?m)^\s*kernel: \[`, string(wf), "no hand-written kernel list")
 	mk, err := os.ReadFile("../Makefile")
 	require.NoError(t, err)
 	for _, v := range []string{"KERNEL", "BENCH_KERNELS"} {
 		m := regexp.MustCompile(`(?m)^` + v + `\s*\?=\s*(\S+)`).FindSubmatch(mk)
 		require.NotNil(t, m, "no %s in the Makefile", v)
 		for _, k := range strings.Split(string(m[1]), ",") {
-			assert.True(t, known[k], "Makefile %s names %q, not one of %v", v, k, kernels.Available())
+			assert.True(t, known[k], "Makefile %s names %q, not one of %v", v, k, kernels.MatrixNames(""))
 		}
 	}
 	assert.True(t, known[kernels.DefaultVersion])
+	var local []string
+	for _, k := range kernels.Matrix() {
+		if k.Local {
+			local = append(local, k.Name)
+		}
+	}
+	assert.Equal(t, local, guestKernels, "the kernels make test boots are the matrix's Local ones")
 }

@@ -104,7 +104,7 @@ type vmFlags struct {
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel version to boot ("+strings.Join(kernels.Available(), ", ")+") or a path to a bzImage")
+	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel to boot: a version ("+strings.Join(kernels.Available(), ", ")+" from Debian; others, tags like stable or mainline, and NAME@sha256:... from the OCI repository), \"all\" (the matrix: "+strings.Join(kernels.MatrixNames(""), ", ")+"), or a path to a bzImage; run takes a comma-separated list")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 func kernelsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("vmtest kernels", flag.ContinueOnError)
 	fetch := fs.String("fetch", "", "fetch this kernel version (or local kernel path) into the cache")
+	matrix := fs.Bool("matrix", false, "print the kernel matrix's names as a JSON list (for a CI matrix: fromJSON) and exit")
 	debug := fs.Bool("debug", false, "with -fetch: also fetch the kernel's vmlinux with debug info, for gdb (Debian: its -dbg package, some 300 MB; local: the vmlinux beside it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest kernels [-fetch VERSION [-debug]]\n\nLists available and cached kernels; -fetch fetches one and prints its release and image\n(and, with -debug, its vmlinux with symbols, which -gdb then names in the gdb command).\n\nFlags:\n")
@@ -24,6 +26,14 @@ func kernelsCmd(ctx context.Context, args []string) error {
 			return nil
 		}
 		return errUsage
+	}
+	if *matrix {
+		b, err := json.Marshal(kernels.MatrixNames(""))
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+		return nil
 	}
 	c, err := kernels.NewCache()
 	if err != nil {
@@ -48,11 +58,30 @@ func kernelsCmd(ctx context.Context, args []string) error {
 	if *debug {
 		return errors.New("-debug goes with -fetch VERSION")
 	}
-	fmt.Printf("available: %s (default %s)\n", strings.Join(kernels.Available(), " "), kernels.DefaultVersion)
 	cached, err := c.List()
 	if err != nil {
 		return err
 	}
+	oci := c.OCIRepo
+	if oci == "" {
+		oci = "none (VMTEST_OCI_REPO is empty)"
+	}
+	fmt.Printf("kernel matrix (-kernel all; default %s). Sources: Debian's archive, then the OCI repository %s\n", kernels.DefaultVersion, oci)
+	for _, m := range kernels.Matrix() {
+		have := ""
+		for _, k := range cached {
+			if k.Name == m.Name {
+				have = "cached: " + k.Release
+				break
+			}
+		}
+		if m.Local {
+			m.Note += "; booted by make test"
+		}
+		fmt.Printf("  %-9s %-7s %-58s %s\n", m.Name, m.Source, m.Note, have)
+	}
+	fmt.Printf("Debian also has the -generic and -rt flavours of %s; the OCI repository any tag it has\n"+
+		"(6.6.134, longterm, NAME-debug, NAME-selftests) and NAME@sha256:... digests.\n", strings.Join(kernels.Available(), ", "))
 	fmt.Printf("cached in %s:\n", c.Dir)
 	if len(cached) == 0 {
 		fmt.Println("  (none)")

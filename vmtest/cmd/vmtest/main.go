@@ -51,9 +51,10 @@ Usage:
       working directory there) and runs an interactive shell, or COMMAND, on
       this terminal; leaving it powers the guest off.
 
-  vmtest kernels [-fetch VERSION]
-      Lists the kernel versions that can be fetched and those already cached;
-      with -fetch, fetches one.
+  vmtest kernels [-fetch NAME [-debug]] [-matrix]
+      Lists the kernel matrix, which source serves each kernel, and what is
+      cached; -fetch fetches one (-debug: with its vmlinux for gdb); -matrix
+      prints the matrix's names as JSON, for CI matrices.
 
   vmtest bench [-kernel all] [-n 7]
       Measures the cold-cache costs (kernel fetch, image build), the runner
@@ -61,15 +62,23 @@ Usage:
       off) and the matrix wall time, one guest at a time and in parallel;
       prints tables and writes them to the results directory.
 
-Kernels are named by version (%s; default %s) and come
-from Debian's archive into a cache ($VMTEST_CACHE_DIR, else
-$XDG_CACHE_HOME/skbstore-vmtest); a path to a bzImage also works.
+Kernels (-kernel; default %[2]s) are looked for in Debian's archive first
+(series %[1]s; flavours -cloud, the default, -generic, -rt), then in an OCI
+repository of kernel images, by default ghcr.io/cilium/ci-kernels: versions
+(6.6), exact releases (6.6.134), moving tags (stable, mainline, longterm),
+-debug and -selftests images, pinned digests (6.6@sha256:...). oci:NAME or
+debian:NAME asks one source; a path (containing "/") boots a local kernel;
+"all" is the matrix (%[3]s), "debian" and "oci" its parts.
+Kernels are cached in $VMTEST_CACHE_DIR, else $XDG_CACHE_HOME/skbstore-vmtest.
 
 Environment:
   VMTEST_ACCEL      auto (default), kvm or tcg; auto probes KVM with a short real
                     boot and falls back to software emulation (tcg)
   VMTEST_QEMU       the qemu-system binary (default qemu-system-x86_64)
   VMTEST_CACHE_DIR  where kernels and images are cached
+  VMTEST_OCI_REPO   the OCI repository of kernels (default ghcr.io/cilium/ci-kernels;
+                    empty: none), e.g. a mirror; a moving tag is looked up again
+                    after 24 hours, and results record the image digest
   VMTEST_SRC        a checkout of this project to build the (smaller) guest agent
                     from when vmtest runs outside it; without one, the vmtest
                     program itself is the agent
@@ -125,4 +134,4 @@ func main() {
 var errUsage = errors.New("usage")
 
 // usage is the help text, with the kernel list from the kernels package.
-var usage = fmt.Sprintf(usageText, strings.Join(kernels.Available(), ", "), kernels.DefaultVersion)
+var usage = fmt.Sprintf(usageText, strings.Join(kernels.Available(), ", "), kernels.DefaultVersion, strings.Join(kernels.MatrixNames(""), ", "))

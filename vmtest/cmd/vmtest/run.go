@@ -401,8 +401,11 @@ func kernelDir(name string) string {
 }
 
 func kernelNames(s string) ([]string, error) {
-	if s == "all" {
-		return kernels.Available(), nil
+	switch s {
+	case "all":
+		return kernels.MatrixNames(""), nil
+	case kernels.SourceDebian, kernels.SourceOCI:
+		return kernels.MatrixNames(s), nil
 	}
 	names := splitList(s)
 	if len(names) == 0 {

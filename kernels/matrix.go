@@ -1,0 +1,42 @@
+package kernels
+
+// MatrixKernel is one kernel of the project's matrix: the kernels its
+// suites are run on, from the oldest LTS to mainline.
+type MatrixKernel struct {
+	Name   string // what -kernel takes
+	Source string // SourceDebian or SourceOCI: which source serves it (Debian first)
+	Note   string // what it stands for
+	// Local marks the kernels `make test` (so every change, in .ci/run)
+	// boots; the GitHub workflow boots them all.
+	Local bool
+}
+
+// Matrix returns the kernel matrix, oldest first: the one list the
+// Makefile (-kernel all), `vmtest kernels`, the GitHub workflow (through
+// `vmtest kernels -matrix`) and the README follow.
+func Matrix() []MatrixKernel {
+	return []MatrixKernel{
+		{Name: "5.4", Source: SourceOCI, Note: "LTS"},
+		{Name: "5.10", Source: SourceDebian, Note: "LTS; Debian 11 bullseye"},
+		{Name: "5.15", Source: SourceOCI, Note: "LTS"},
+		{Name: "6.1", Source: SourceDebian, Note: "LTS; Debian 12 bookworm; the default", Local: true},
+		{Name: "6.6", Source: SourceOCI, Note: "LTS"},
+		{Name: "6.12", Source: SourceDebian, Note: "LTS; Debian 13 trixie", Local: true},
+		{Name: "7.2", Source: SourceDebian, Note: "Debian unstable (sid)"},
+		{Name: "7.3", Source: SourceDebian, Note: "Debian experimental"},
+		{Name: "stable", Source: SourceOCI, Note: "the newest stable release (a moving tag)"},
+		{Name: "mainline", Source: SourceOCI, Note: "the newest mainline release or -rc (a moving tag)"},
+	}
+}
+
+// MatrixNames returns the names of the matrix's kernels from source ("" for
+// all), oldest first.
+func MatrixNames(source string) []string {
+	var names []string
+	for _, k := range Matrix() {
+		if source == "" || k.Source == source {
+			names = append(names, k.Name)
+		}
+	}
+	return names
+}
