@@ -414,6 +414,10 @@ func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options
 			opts.Env = append(opts.Env, "PATH="+filepath.Join(t.Dir, "bin")+":"+vmtest.GuestPath)
 		}
 	}
+	if sel := p.kernel.Selftests; sel != "" {
+		// Where cilium/ebpf's tests look for them (CI_KERNEL_SELFTESTS).
+		opts.Env = append(opts.Env, "VMTEST_KERNEL_SELFTESTS="+sel, "CI_KERNEL_SELFTESTS="+sel)
+	}
 	if f.vms == 0 {
 		f.vms = defaultVMs(f.memory)
 	}

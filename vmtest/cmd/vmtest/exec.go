@@ -208,10 +208,10 @@ func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtes
 }
 
 // guestFiles is what the guest gets besides the binary: the files of the Go
-// module around dir (or dir alone outside a module) and the paths of -share,
-// each at its own path (shares, on a disk), and for the initramfs the
-// kernel's config where tests look for it and the C libraries of a program
-// named by -share.
+// module around dir (or dir alone outside a module), the paths of -share
+// and an OCI -selftests image's objects, each at its own path (shares, on a
+// disk), and for the initramfs the kernel's config where tests look for it
+// and the C libraries of a program named by -share.
 func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, []vmtest.Share, error) {
 	roots := []string{moduleRoot(dir)}
 	for _, s := range splitList(f.share) {
@@ -223,6 +223,9 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, []vmtest.Sh
 			return nil, nil, errors.New("-share /: name the directories the tests need, not the whole host")
 		}
 		roots = append(roots, abs)
+	}
+	if p.kernel.Selftests != "" {
+		roots = append(roots, p.kernel.Selftests) // an OCI -selftests image's objects
 	}
 	opts := images.TreeOptions{SkipDirs: []string{".git", ".hg", ".svn", "vmtest-results"}, MaxBytes: int64(f.shareLimit)}
 	if r := os.Getenv("VMTEST_RESULTS"); r != "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -10,7 +11,9 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"log"
 	"net"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +24,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/mod/module"
@@ -933,4 +942,67 @@ func TestHostBpftool(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "bpf() syscall is available")
 	assert.Contains(t, stdout, "eBPF program_type xdp is available")
+}
+
+// TestOCISelftestsKernel: Debian's 6.1, pushed to a registry in this
+// process as cilium/ci-kernels lays out a -selftests image (usr/lib/modules,
+// lib -> usr/lib, the selftests' objects), is booted by its tag and by its
+// digest through VMTEST_OCI_REPO; the guest finds the objects where
+// CI_KERNEL_SELFTESTS says, as cilium/ebpf's tests look for them.
+func TestOCISelftestsKernel(t *testing.T) {
+	bin := vmtestBin(t)
+	out, err := exec.Command(bin, "kernels", "-fetch", "6.1").Output()
+	require.NoError(t, err)
+	f := strings.Fields(string(out))
+	require.Len(t, f, 3, "%s", out)
+	release, image := f[1], f[2]
+
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	add := func(name string, typ byte, data []byte, link string) {
+		require.NoError(t, tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Size: int64(len(data)), Linkname: link}))
+		_, err := tw.Write(data)
+		require.NoError(t, err)
+	}
+	img, err := os.ReadFile(image)
+	require.NoError(t, err)
+	add("boot/vmlinuz", tar.TypeReg, img, "")
+	modDir := filepath.Join(filepath.Dir(image), "lib", "modules", release)
+	for _, rel := range []string{"modules.dep", "modules.alias", "modules.builtin"} {
+		b, err := os.ReadFile(filepath.Join(modDir, rel))
+		require.NoError(t, err)
+		add(filepath.Join("usr/lib/modules", release, rel), tar.TypeReg, b, "")
+	}
+	add("lib", tar.TypeSymlink, nil, "usr/lib")
+	add("usr/src/linux/tools/testing/selftests/bpf/test_progs.bpf.o", tar.TypeReg, []byte("SELFTEST-OBJECT"), "")
+	require.NoError(t, tw.Close())
+	data := layer.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	require.NoError(t, err)
+	oci, err := mutate.AppendLayers(empty.Image, l)
+	require.NoError(t, err)
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	repo := strings.TrimPrefix(srv.URL, "http://") + "/cilium/ci-kernels"
+	ref, err := name.NewTag(repo + ":6.6-selftests")
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(ref, oci))
+	digest, err := oci.Digest()
+	require.NoError(t, err)
+
+	for _, kernel := range []string{"6.6-selftests", "6.6-selftests@" + digest.String()} {
+		t.Run(kernel, func(t *testing.T) {
+			cmd := exec.Command(bin, "shell", "-kernel", kernel, "-results", t.TempDir(), "--",
+				"gosh", "-c", `echo "at $CI_KERNEL_SELFTESTS"; cat "$CI_KERNEL_SELFTESTS/test_progs.bpf.o"; echo; uname -r`)
+			cmd.Env = append(os.Environ(), "VMTEST_OCI_REPO="+repo)
+			var o, e bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &o, &e
+			err := cmd.Run()
+			t.Logf("stdout:\n%s\nstderr:\n%s", o.String(), e.String())
+			require.NoError(t, err)
+			assert.Contains(t, o.String(), "SELFTEST-OBJECT")
+			assert.Contains(t, o.String(), "/oci-"+digest.Hex+"/selftests-bpf")
+			assert.Contains(t, o.String(), release)
+		})
+	}
 }
