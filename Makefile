@@ -21,8 +21,9 @@ PACKAGES    := ./... ./bpf/... ./ci/... ./suites/...
 all: help
 
 help:
-	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel"
-	@echo "make vmtest-matrix         run the suites on every kernel of the matrix"
+	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel (KERNEL: 5.10, 6.1, 6.12, 7.2, 7.3 from"
+	@echo "                           Debian; 5.4, 5.15, 6.6, stable, mainline... from ghcr.io/cilium/ci-kernels)"
+	@echo "make vmtest-matrix         run the suites on every kernel of the matrix (bin/vmtest kernels lists it)"
 	@echo "make test                  run the project's tests"
 	@echo "make bench                 runner vs a bare boot per kernel, and the per-packet cost of skb-keyed storage"
 
