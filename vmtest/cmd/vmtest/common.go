@@ -65,7 +65,7 @@ func gdbHint(addr string, k *kernels.Kernel) string {
 			"vmtest: (then, say, hbreak start_kernel and continue; the kernel runs without KASLR)", addr, quoteWords([]string{k.Vmlinux}))
 	}
 	how := "vmtest kernels -fetch " + k.Name + " -debug fetches them"
-	if k.Source != kernels.SourceDebian {
+	if k.Source == kernels.SourceLocal {
 		how = "put the build's vmlinux beside its image"
 	}
 	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s'\n"+
