@@ -421,7 +421,7 @@ func TestGetUnknownAndBadNamesFailFast(t *testing.T) {
 		{"6.", []string{"bad kernel name"}},
 		{"6.1-", []string{"bad kernel name"}},
 		{"", []string{"bad kernel name"}},
-		{"6.1-weird", []string{"unknown flavour \"weird\"", "cloud, generic, rt"}},
+		{"6.1-weird", []string{"unknown flavour or tag suffix \"weird\"", "cloud, generic, rt", "debug, selftests"}},
 		{"./does-not-exist", []string{"no such file"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
