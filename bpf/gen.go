@@ -8,3 +8,7 @@ package bpf
 // The map operation benchmark (mapbench.c) is a separate object so that
 // the storage programs' object does not change with it.
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v2" -target bpfel -type bench_state mapbench mapbench.c
+
+// The tag flow programs (tagflow.c): metadata written at tc ingress, read at
+// later layers.
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v2" -target bpfel -type reader_stats -type writer_stats -type tag_value tagflow tagflow.c

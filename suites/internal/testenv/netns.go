@@ -138,3 +138,102 @@ func (p *VethPair) setup() error {
 func (p *VethPair) Close() error {
 	return errors.Join(p.A.Close(), p.B.Close())
 }
+
+// Chain is three network namespaces in a line, A - M - B, with M routing
+// between two veth pairs: A (192.0.2.1) reaches B (198.51.100.2) through M.
+type Chain struct {
+	A, M, B netns.NsHandle
+	// AddrA and AddrB are the end hosts' addresses.
+	AddrA, AddrB net.IP
+	// MIn and MOut are M's devices towards A and towards B.
+	MIn, MOut string
+}
+
+// NewChain makes the namespaces, the two veth pairs and the routes, and
+// turns forwarding on in M.
+func NewChain() (*Chain, error) {
+	c := &Chain{A: netns.None(), M: netns.None(), B: netns.None(),
+		AddrA: net.IPv4(192, 0, 2, 1).To4(), AddrB: net.IPv4(198, 51, 100, 2).To4(), MIn: "tfm0", MOut: "tfm1"}
+	var err error
+	for _, ns := range []*netns.NsHandle{&c.A, &c.M, &c.B} {
+		if *ns, err = NewNetns(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if err := c.setup(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Chain) setup() error {
+	handles := map[netns.NsHandle]*netlink.Handle{}
+	for _, ns := range []netns.NsHandle{c.A, c.M, c.B} {
+		h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
+		handles[ns] = h
+	}
+	type end struct {
+		ns   netns.NsHandle
+		name string
+		ip   net.IP
+		mask int
+	}
+	pairs := [][2]end{
+		{{c.A, "tfa0", c.AddrA, 24}, {c.M, c.MIn, net.IPv4(192, 0, 2, 254).To4(), 24}},
+		{{c.M, c.MOut, net.IPv4(198, 51, 100, 254).To4(), 24}, {c.B, "tfb0", c.AddrB, 24}},
+	}
+	for _, p := range pairs {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p[0].name}, PeerName: p[1].name, PeerNamespace: netlink.NsFd(int(p[1].ns))}
+		if err := handles[p[0].ns].LinkAdd(veth); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) || strings.Contains(err.Error(), "not supported") {
+				return fmt.Errorf("create veth pair: %v: %w", err, ErrNoVeth)
+			}
+			return fmt.Errorf("create veth %s: %w", p[0].name, err)
+		}
+		for _, e := range p {
+			h := handles[e.ns]
+			l, err := h.LinkByName(e.name)
+			if err != nil {
+				return fmt.Errorf("find %s: %w", e.name, err)
+			}
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: e.ip, Mask: net.CIDRMask(e.mask, 32)}}); err != nil {
+				return fmt.Errorf("address %s: %w", e.name, err)
+			}
+			if err := h.LinkSetUp(l); err != nil {
+				return fmt.Errorf("set %s up: %w", e.name, err)
+			}
+		}
+	}
+	for _, r := range []struct {
+		ns  netns.NsHandle
+		dst *net.IPNet
+		gw  net.IP
+	}{
+		{c.A, &net.IPNet{IP: net.IPv4(198, 51, 100, 0).To4(), Mask: net.CIDRMask(24, 32)}, net.IPv4(192, 0, 2, 254).To4()},
+		{c.B, &net.IPNet{IP: net.IPv4(192, 0, 2, 0).To4(), Mask: net.CIDRMask(24, 32)}, net.IPv4(198, 51, 100, 254).To4()},
+	} {
+		if err := handles[r.ns].RouteAdd(&netlink.Route{Dst: r.dst, Gw: r.gw}); err != nil {
+			return fmt.Errorf("route to %s: %w", r.dst, err)
+		}
+	}
+	return InNetns(c.M, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+}
+
+// Close releases the namespaces; the devices go with them.
+func (c *Chain) Close() error {
+	var errs []error
+	for _, ns := range []netns.NsHandle{c.A, c.M, c.B} {
+		if ns.IsOpen() {
+			errs = append(errs, ns.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

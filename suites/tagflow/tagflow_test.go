@@ -1,0 +1,321 @@
+package tagflow
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/skbstore/bpf"
+	"github.com/skbstore/skbstore/suites/internal/artifacts"
+	"github.com/skbstore/skbstore/suites/internal/testenv"
+)
+
+// port is the flow's destination port (UDP and TCP).
+const port = 40123
+
+// tagMagic opens every UDP payload of the flow ("TAGF"), followed by the
+// datagram's sequence number: the tag tagflow.c derives.
+const tagMagic = 0x54414746
+
+// caseResult is one case on this kernel, as saved and reported.
+type caseResult struct {
+	Case    string                      `json:"case"`
+	Traffic string                      `json:"traffic"`
+	Sent    int                         `json:"sent"` // datagrams sent, or TCP bytes
+	Writer  bpf.WriterCounts            `json:"writer"`
+	Readers map[string]bpf.ReaderCounts `json:"readers"`
+	Skipped []bpf.SkippedHook           `json:"skipped,omitempty"`
+	Left    int                         `json:"left"` // tags still in the map after settling: skbs no free hook saw
+	Checks  []string                    `json:"checks"`
+}
+
+var (
+	resultsMu sync.Mutex
+	results   []*caseResult
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if len(results) > 0 {
+		flat := map[string]any{}
+		for _, r := range results {
+			for name, rc := range r.Readers {
+				key := r.Case + "." + strings.ReplaceAll(name, " ", "_")
+				flat[key+".delivered"] = rc.Delivered
+				flat[key+".lost"] = rc.Lost
+				flat[key+".wrong"] = rc.Wrong
+				flat[key+".mark_ok"] = rc.MarkOK
+			}
+		}
+		if _, err := artifacts.WriteJSON("metrics/tagflow.json", flat); err != nil {
+			fmt.Fprintln(os.Stderr, "tagflow: save metrics:", err)
+		}
+		if _, err := artifacts.WriteJSON("tagflow/cases.json", map[string]any{"kernel": testenv.KernelRelease(), "cases": results}); err != nil {
+			fmt.Fprintln(os.Stderr, "tagflow: save cases:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// flow is what a case loads and attaches, and where.
+type flow struct {
+	t  *testing.T
+	tf *bpf.TagFlow
+}
+
+// load loads the programs, attaches the free hooks, the clone watcher, the
+// traced readers and the cgroup reader (root cgroup: every namespace).
+func load(t *testing.T) *flow {
+	t.Helper()
+	tf, err := bpf.LoadTagFlow(bpf.TagFlowOptions{Port: port})
+	if err != nil {
+		var le *bpf.LoadError
+		if errors.As(err, &le) {
+			for _, f := range le.Failed {
+				artifacts.Save(t, "verifier/tagflow/"+f.Program+".log", []byte(f.Log))
+			}
+		}
+		t.Fatalf("load the tag flow programs: %v", err)
+	}
+	t.Cleanup(func() { tf.Close() })
+	for name, log := range tf.VerifierLogs() {
+		artifacts.Save(t, "verifier/tagflow/"+name+".log", []byte(log))
+	}
+	require.NoError(t, tf.AttachTracing())
+	require.NoError(t, tf.AttachCgroup("/sys/fs/cgroup"))
+	return &flow{t: t, tf: tf}
+}
+
+// attachTC attaches prog to dev's clsact hook (ingress or egress) in ns.
+func attachTC(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, ingress bool) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	require.NoError(t, err)
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	require.NoError(t, err)
+	qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+	if err := h.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("add clsact to %s: %v", dev, err)
+	}
+	parent := uint32(netlink.HANDLE_MIN_EGRESS)
+	if ingress {
+		parent = netlink.HANDLE_MIN_INGRESS
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+		Fd:           prog.FD(),
+		Name:         "tagflow",
+		DirectAction: true,
+	}
+	require.NoError(t, h.FilterAdd(filter), "attach tc program to %s", dev)
+}
+
+// sendUDP sends n datagrams of size bytes from src to dst:port and returns
+// how many the receiver in dstNS read.
+func sendUDP(t *testing.T, srcNS, dstNS netns.NsHandle, dst net.IP, n, size int) int {
+	t.Helper()
+	var rx net.PacketConn
+	require.NoError(t, testenv.InNetns(dstNS, func() (err error) {
+		rx, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		return err
+	}))
+	defer rx.Close()
+	got := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 65536)
+		count := 0
+		for count < n {
+			_ = rx.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, _, err := rx.ReadFrom(buf); err != nil {
+				break
+			}
+			count++
+		}
+		got <- count
+	}()
+	var tx net.Conn
+	require.NoError(t, testenv.InNetns(srcNS, func() (err error) {
+		tx, err = net.Dial("udp4", net.JoinHostPort(dst.String(), fmt.Sprint(port)))
+		return err
+	}))
+	defer tx.Close()
+	payload := make([]byte, size)
+	binary.BigEndian.PutUint32(payload, tagMagic)
+	for i := 0; i < n; i++ {
+		binary.BigEndian.PutUint32(payload[4:], uint32(i))
+		_, err := tx.Write(payload)
+		require.NoError(t, err)
+		if i%32 == 31 {
+			time.Sleep(time.Millisecond) // the receiver keeps up: drops are not what is measured
+		}
+	}
+	return <-got
+}
+
+// sendTCP streams size bytes from srcNS to dst:port and returns the bytes
+// the receiver read.
+func sendTCP(t *testing.T, srcNS, dstNS netns.NsHandle, dst net.IP, size int) int64 {
+	t.Helper()
+	var ln net.Listener
+	require.NoError(t, testenv.InNetns(dstNS, func() (err error) {
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
+		return err
+	}))
+	defer ln.Close()
+	n, _, err := testenv.StreamTCP(ln, func() (c net.Conn, err error) {
+		err = testenv.InNetns(srcNS, func() (err error) {
+			c, err = net.Dial("tcp4", net.JoinHostPort(dst.String(), fmt.Sprint(port)))
+			return err
+		})
+		return c, err
+	}, size)
+	require.NoError(t, err)
+	return n
+}
+
+// openTap opens an AF_PACKET socket on dev in ns, the tap whose packet_rcv
+// the tap reader watches; it is closed when the test ends.
+func openTap(t *testing.T, ns netns.NsHandle, dev string) {
+	t.Helper()
+	require.NoError(t, testenv.InNetns(ns, func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		proto := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(proto))
+		if err != nil {
+			return fmt.Errorf("AF_PACKET socket: %w", err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: l.Attrs().Index})
+	}))
+}
+
+// finish settles the stack, reads the counters, checks them and records
+// the case. expect are the readers the case's traffic must reach.
+func (f *flow) finish(name, traffic string, sent int, expect ...bpf.Reader) *caseResult {
+	t := f.t
+	t.Helper()
+	require.NoError(t, testenv.Settle(200*time.Millisecond))
+	c, err := f.tf.Counts()
+	require.NoError(t, err)
+	left, err := f.tf.Entries()
+	require.NoError(t, err)
+	r := &caseResult{Case: name, Traffic: traffic, Sent: sent, Writer: c.Writer, Readers: map[string]bpf.ReaderCounts{},
+		Skipped: f.tf.Skipped(), Left: left}
+	for rd := bpf.Reader(0); rd < bpf.NumReaders; rd++ {
+		if c.Readers[rd].Seen > 0 {
+			r.Readers[rd.String()] = c.Readers[rd]
+		}
+	}
+	check := func(ok bool, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if ok {
+			r.Checks = append(r.Checks, "ok: "+msg)
+		} else {
+			r.Checks = append(r.Checks, "FAILED: "+msg)
+			t.Error(msg)
+		}
+	}
+	check(c.Writer.Written > 0, "tc ingress tagged the flow's packets (%d)", c.Writer.Written)
+	for _, rd := range expect {
+		if !f.tf.Loaded(rd) {
+			t.Logf("%s not loaded on this kernel: %v", rd, f.tf.Skipped())
+			continue
+		}
+		rc := c.Readers[rd]
+		check(rc.Seen > 0, "%s saw the flow's packets (%d)", rd, rc.Seen)
+		check(rc.Delivered+rc.Lost+rc.Wrong == rc.Seen, "%s: delivered %d + lost %d + wrong %d = seen %d", rd, rc.Delivered, rc.Lost, rc.Wrong, rc.Seen)
+		check(rc.Delivered <= c.Writer.Written, "%s: delivered %d <= tags written %d", rd, rc.Delivered, c.Writer.Written)
+		t.Logf("%-20s seen %5d delivered %5d lost %5d (clones %d, fragments %d) wrong %3d  mark %5d",
+			rd, rc.Seen, rc.Delivered, rc.Lost, rc.LostClone, rc.LostFrag, rc.Wrong, rc.MarkOK)
+	}
+	t.Logf("writer: %+v; %d tags left after settling", c.Writer, left)
+	resultsMu.Lock()
+	results = append(results, r)
+	resultsMu.Unlock()
+	artifacts.SaveJSON(t, "tagflow/"+name+".json", r)
+	return r
+}
+
+// TestUDP: datagrams over a veth pair, tagged at the receiver's tc ingress,
+// read at the socket layer and the UDP receive queue.
+func TestUDP(t *testing.T) {
+	testenv.RequireGuest(t)
+	p, err := testenv.NewVethPair()
+	require.NoError(t, err)
+	defer p.Close()
+	f := load(t)
+	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	const n = 200
+	got := sendUDP(t, p.A, p.B, p.AddrB, n, 64)
+	require.Equal(t, n, got, "datagrams received")
+	r := f.finish("udp", "200 x 64-byte UDP datagrams, veth", n, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
+	assert.LessOrEqual(t, r.Readers[bpf.ReaderCgroup.String()].Seen, uint64(n), "no more reads than datagrams")
+}
+
+// TestUDPFragments: datagrams above the MTU, fragmented by the sender and
+// reassembled by the receiver: the socket reads the reassembled skb.
+func TestUDPFragments(t *testing.T) {
+	testenv.RequireGuest(t)
+	p, err := testenv.NewVethPair()
+	require.NoError(t, err)
+	defer p.Close()
+	f := load(t)
+	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	const n = 100
+	got := sendUDP(t, p.A, p.B, p.AddrB, n, 3000)
+	require.Equal(t, n, got, "datagrams received")
+	r := f.finish("udp-fragments", "100 x 3000-byte UDP datagrams (3 IPv4 fragments each), veth MTU 1500", n, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
+	assert.Positive(t, r.Writer.Frags, "non-first fragments reached tc ingress")
+}
+
+// TestTCP: a stream over a veth pair; each segment's tag is its sequence
+// number.
+func TestTCP(t *testing.T) {
+	testenv.RequireGuest(t)
+	p, err := testenv.NewVethPair()
+	require.NoError(t, err)
+	defer p.Close()
+	f := load(t)
+	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	const size = 1 << 20
+	got := sendTCP(t, p.A, p.B, p.AddrB, size)
+	require.Equal(t, int64(size), got)
+	f.finish("tcp", "1 MiB TCP stream, veth", size, bpf.ReaderCgroup, bpf.ReaderTCPRcv)
+}
+
+// TestForward: datagrams from A to B through M, which forwards them; tagged
+// at M's ingress, read at M's egress (tc), by an AF_PACKET tap on M's
+// outgoing device, and at B's socket after crossing into B's namespace.
+func TestForward(t *testing.T) {
+	testenv.RequireGuest(t)
+	c, err := testenv.NewChain()
+	require.NoError(t, err)
+	defer c.Close()
+	f := load(t)
+	attachTC(t, c.M, c.MIn, f.tf.IngressWriter(), true)
+	attachTC(t, c.M, c.MOut, f.tf.EgressReader(), false)
+	openTap(t, c.M, c.MOut)
+	const n = 200
+	got := sendUDP(t, c.A, c.B, c.AddrB, n, 64)
+	require.Equal(t, n, got, "datagrams received")
+	f.finish("forward", "200 x 64-byte UDP datagrams, A -> M (forwards) -> B", n,
+		bpf.ReaderTCEgress, bpf.ReaderTap, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
+}
+
