@@ -16,11 +16,11 @@ type Reader int
 
 // The readers, in tagflow.c's order.
 const (
-	ReaderCgroup    Reader = iota // cgroup_skb/ingress: the socket layer, before the socket filter
-	ReaderUDPQueue                // fentry __udp_enqueue_schedule_skb: the UDP receive queue
-	ReaderTCPRcv                  // fentry tcp_rcv_established: TCP's established receive path
-	ReaderTCEgress                // tc egress (clsact) on the next hop, after forwarding
-	ReaderTap                     // fentry packet_rcv: an AF_PACKET tap
+	ReaderCgroup   Reader = iota // cgroup_skb/ingress: the socket layer, before the socket filter
+	ReaderUDPQueue               // fentry __udp_enqueue_schedule_skb: the UDP receive queue
+	ReaderTCPRcv                 // fentry tcp_rcv_established: TCP's established receive path
+	ReaderTCEgress               // tc egress (clsact) on the next hop, after forwarding
+	ReaderTap                    // fentry packet_rcv: an AF_PACKET tap
 	NumReaders
 )
 

@@ -318,4 +318,3 @@ func TestForward(t *testing.T) {
 	f.finish("forward", "200 x 64-byte UDP datagrams, A -> M (forwards) -> B", n,
 		bpf.ReaderTCEgress, bpf.ReaderTap, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
 }
-
