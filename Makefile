@@ -3,7 +3,7 @@
 
 KERNEL      ?= 6.1
 GO          ?= go
-SUITES      ?= ./suites/skbstore
+SUITES      ?= ./suites/skbstore ./suites/tagflow
 # Modules the suites need in the guest, loaded with their dependencies.
 MODULES     ?= veth
 # Two vCPUs: the skb suites need cross-CPU frees (deferred free, NAPI caches).

@@ -34,7 +34,7 @@ func TestSuitesInGuests(t *testing.T) {
 
 	results := t.TempDir()
 	cmd := exec.Command(bin, "run", "-kernel", strings.Join(guestKernels, ","), "-cpus", "2", "-modules", "veth",
-		"-results", results, "--", "go", "test", "./suites/skbstore")
+		"-results", results, "--", "go", "test", "./suites/skbstore", "./suites/tagflow")
 	cmd.Dir = ".."
 	out, err = cmd.CombinedOutput()
 	t.Logf("%s", out)
@@ -49,8 +49,23 @@ func TestSuitesInGuests(t *testing.T) {
 	require.Len(t, rep.Kernels, len(guestKernels))
 	for _, k := range rep.Kernels {
 		assert.Equal(t, "pass", k.Outcome, "kernel %s", k.Name)
-		require.Len(t, k.Suites, 1, "kernel %s", k.Name)
-		s := k.Suites[0]
+		require.Len(t, k.Suites, 2, "kernel %s", k.Name)
+		var s, tf *report.Suite
+		for _, x := range k.Suites {
+			switch {
+			case strings.HasSuffix(x.Package, "/skbstore"):
+				s = x
+			case strings.HasSuffix(x.Package, "/tagflow"):
+				tf = x
+			}
+		}
+		require.NotNil(t, s, "kernel %s: no skbstore suite", k.Name)
+		require.NotNil(t, tf, "kernel %s: no tagflow suite", k.Name)
+		// Tags written at tc ingress reach the socket of a plain UDP flow,
+		// and the figures of every case are in the report.
+		assert.Positive(t, tf.Metrics["tagflow.udp.cgroup_skb_ingress.delivered"], "kernel %s: %v", k.Name, tf.Metrics)
+		assert.Contains(t, tf.Metrics, "tagflow.forward.af_packet_tap.lost", "kernel %s", k.Name)
+		assert.Contains(t, tf.Metrics, "tagflow.udp-fragments.udp_receive_queue.lost", "kernel %s", k.Name)
 		assert.Empty(t, s.Splats, "kernel %s", k.Name)
 		assert.Positive(t, s.Counts.Passed, "kernel %s", k.Name)
 		assert.NotEmpty(t, s.VerifierLogs, "kernel %s: verifier logs are kept", k.Name)
