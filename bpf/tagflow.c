@@ -151,13 +151,18 @@ static __always_inline int load(enum via via, void *skb, __u32 off, void *to, __
 }
 
 /* What a packet is to this test. */
-enum kind { K_NOT_OURS = 0, K_TAGGED = 1, K_FRAG = 2 };
+enum kind { K_NOT_OURS = 0, K_TAGGED = 1, K_FRAG = 2, K_VXLAN = 3 };
 
-/* classify derives the tag of a packet of the flow. */
-static __always_inline int classify(enum via via, void *skb, __u64 *tag)
+#define VXLAN_PORT 4789
+#define VXLAN_INNER (8 + 8 + 14) /* UDP, VXLAN and inner Ethernet headers */
+
+/* parse reads the IPv4 packet at base (relative to the network header).
+ * For a VXLAN packet (UDP to 4789) it sets *inner to the inner IPv4
+ * header's offset and returns K_VXLAN, when inner is not NULL. */
+static __always_inline int parse(enum via via, void *skb, __u32 base, __u64 *tag, __u32 *inner)
 {
 	__u8 ip[20];
-	if (load(via, skb, 0, ip, sizeof(ip)))
+	if (load(via, skb, base, ip, sizeof(ip)))
 		return K_NOT_OURS;
 	if ((ip[0] >> 4) != 4)
 		return K_NOT_OURS;
@@ -170,8 +175,13 @@ static __always_inline int classify(enum via via, void *skb, __u64 *tag)
 		return K_FRAG; /* ports unknown: user space counts only its own flow's */
 	if (ip[9] == IPPROTO_UDP) {
 		__u8 l4[16];
-		if (load(via, skb, ihl, l4, sizeof(l4)))
+		if (load(via, skb, base + ihl, l4, sizeof(l4)))
 			return K_NOT_OURS;
+		__u16 dport = ((__u16)l4[2] << 8) | l4[3];
+		if (inner && dport == VXLAN_PORT) {
+			*inner = base + ihl + VXLAN_INNER;
+			return K_VXLAN;
+		}
 		if (*(__u16 *)&l4[2] != flow_port_be)
 			return K_NOT_OURS;
 		__u32 magic = bswap32(*(__u32 *)&l4[8]);
@@ -182,7 +192,7 @@ static __always_inline int classify(enum via via, void *skb, __u64 *tag)
 	}
 	if (ip[9] == IPPROTO_TCP) {
 		__u8 th[16];
-		if (load(via, skb, ihl, th, sizeof(th)))
+		if (load(via, skb, base + ihl, th, sizeof(th)))
 			return K_NOT_OURS;
 		if (*(__u16 *)&th[2] != flow_port_be)
 			return K_NOT_OURS;
@@ -193,6 +203,17 @@ static __always_inline int classify(enum via via, void *skb, __u64 *tag)
 		return K_TAGGED;
 	}
 	return K_NOT_OURS;
+}
+
+/* classify derives the tag of a packet of the flow, looking into a VXLAN
+ * packet's inner one (a tunnel still to be decapsulated). */
+static __always_inline int classify(enum via via, void *skb, __u64 *tag)
+{
+	__u32 inner = 0;
+	int k = parse(via, skb, 0, tag, &inner);
+	if (k != K_VXLAN)
+		return k;
+	return parse(via, skb, inner, tag, 0);
 }
 
 /* ctx_key is the address of the skb behind a tc or cgroup context. */
@@ -287,6 +308,13 @@ static __always_inline int read_traced(enum reader r, void *p)
 	struct sk_buff___tf *skb = p;
 	read_tag(r, VIA_KERNEL, skb, (__u64)(long)p, skb->mark);
 	return 0;
+}
+
+/* Attached to a veth so that it receives in NAPI, where GRO merges. */
+SEC("xdp")
+int xdp_pass(void *ctx)
+{
+	return 2; /* XDP_PASS */
 }
 
 /* int __udp_enqueue_schedule_skb(struct sock *sk, struct sk_buff *skb) */

@@ -184,6 +184,10 @@ func (t *TagFlow) IngressWriter() *ebpf.Program { return t.progs["tag_ingress"] 
 // it to the outgoing device's clsact egress.
 func (t *TagFlow) EgressReader() *ebpf.Program { return t.progs["read_tc_egress"] }
 
+// XDPPass is an XDP program that passes every packet: on a veth it makes
+// the device receive in NAPI, where GRO merges segments.
+func (t *TagFlow) XDPPass() *ebpf.Program { return t.progs["xdp_pass"] }
+
 // AttachCgroup attaches the socket-layer reader to a cgroup v2 directory.
 func (t *TagFlow) AttachCgroup(path string) error {
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupInetIngress, Program: t.progs["read_cgroup"]})

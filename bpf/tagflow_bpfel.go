@@ -58,6 +58,7 @@ const (
 	tagflowProgReadTcpRcv   = "read_tcp_rcv"
 	tagflowProgReadUdpQueue = "read_udp_queue"
 	tagflowProgTagIngress   = "tag_ingress"
+	tagflowProgXdpPass      = "xdp_pass"
 	tagflowVarFlowPortBe    = "flow_port_be"
 	tagflowVarWriteMark     = "write_mark"
 )
@@ -113,6 +114,7 @@ type tagflowProgramSpecs struct {
 	ReadTcpRcv   *ebpf.ProgramSpec `ebpf:"read_tcp_rcv"`
 	ReadUdpQueue *ebpf.ProgramSpec `ebpf:"read_udp_queue"`
 	TagIngress   *ebpf.ProgramSpec `ebpf:"tag_ingress"`
+	XdpPass      *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
 // tagflowMapSpecs contains maps before they are loaded into the kernel.
@@ -192,6 +194,7 @@ type tagflowPrograms struct {
 	ReadTcpRcv   *ebpf.Program `ebpf:"read_tcp_rcv"`
 	ReadUdpQueue *ebpf.Program `ebpf:"read_udp_queue"`
 	TagIngress   *ebpf.Program `ebpf:"tag_ingress"`
+	XdpPass      *ebpf.Program `ebpf:"xdp_pass"`
 }
 
 func (p *tagflowPrograms) Close() error {
@@ -205,6 +208,7 @@ func (p *tagflowPrograms) Close() error {
 		p.ReadTcpRcv,
 		p.ReadUdpQueue,
 		p.TagIngress,
+		p.XdpPass,
 	)
 }
 

@@ -37,9 +37,13 @@ type caseResult struct {
 	Sent    int                         `json:"sent"` // datagrams sent, or TCP bytes
 	Writer  bpf.WriterCounts            `json:"writer"`
 	Readers map[string]bpf.ReaderCounts `json:"readers"`
-	Skipped []bpf.SkippedHook           `json:"skipped,omitempty"`
-	Left    int                         `json:"left"` // tags still in the map after settling: skbs no free hook saw
-	Checks  []string                    `json:"checks"`
+	// Unread counts, per reader, the tags written that it never saw a
+	// packet for: its skb was merged into another (TCP coalescing) or
+	// never reached that layer.
+	Unread  map[string]uint64 `json:"unread"`
+	Skipped []bpf.SkippedHook `json:"skipped,omitempty"`
+	Left    int               `json:"left"` // tags still in the map after settling: skbs no free hook saw
+	Checks  []string          `json:"checks"`
 }
 
 var (
@@ -58,7 +62,10 @@ func TestMain(m *testing.M) {
 				flat[key+".lost"] = rc.Lost
 				flat[key+".wrong"] = rc.Wrong
 				flat[key+".mark_ok"] = rc.MarkOK
+				flat[key+".unread"] = r.Unread[name]
 			}
+			flat[r.Case+".written"] = r.Writer.Written
+			flat[r.Case+".left"] = r.Left
 		}
 		if _, err := artifacts.WriteJSON("metrics/tagflow.json", flat); err != nil {
 			fmt.Fprintln(os.Stderr, "tagflow: save metrics:", err)
@@ -133,6 +140,9 @@ func sendUDP(t *testing.T, srcNS, dstNS netns.NsHandle, dst net.IP, n, size int)
 		rx, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
 		return err
 	}))
+	// Room for a burst: the flow's fate in the stack is measured, not
+	// drops at a full receive buffer.
+	_ = rx.(*net.UDPConn).SetReadBuffer(8 << 20)
 	defer rx.Close()
 	got := make(chan int, 1)
 	go func() {
@@ -159,7 +169,7 @@ func sendUDP(t *testing.T, srcNS, dstNS netns.NsHandle, dst net.IP, n, size int)
 		binary.BigEndian.PutUint32(payload[4:], uint32(i))
 		_, err := tx.Write(payload)
 		require.NoError(t, err)
-		if i%32 == 31 {
+		if i%8 == 7 {
 			time.Sleep(time.Millisecond) // the receiver keeps up: drops are not what is measured
 		}
 	}
@@ -217,10 +227,13 @@ func (f *flow) finish(name, traffic string, sent int, expect ...bpf.Reader) *cas
 	left, err := f.tf.Entries()
 	require.NoError(t, err)
 	r := &caseResult{Case: name, Traffic: traffic, Sent: sent, Writer: c.Writer, Readers: map[string]bpf.ReaderCounts{},
-		Skipped: f.tf.Skipped(), Left: left}
+		Skipped: f.tf.Skipped(), Left: left, Unread: map[string]uint64{}}
 	for rd := bpf.Reader(0); rd < bpf.NumReaders; rd++ {
 		if c.Readers[rd].Seen > 0 {
 			r.Readers[rd.String()] = c.Readers[rd]
+			if c.Writer.Written > c.Readers[rd].Seen {
+				r.Unread[rd.String()] = c.Writer.Written - c.Readers[rd].Seen
+			}
 		}
 	}
 	check := func(ok bool, format string, args ...any) {
@@ -280,7 +293,7 @@ func TestUDPFragments(t *testing.T) {
 	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
 	const n = 100
 	got := sendUDP(t, p.A, p.B, p.AddrB, n, 3000)
-	require.Equal(t, n, got, "datagrams received")
+	require.GreaterOrEqual(t, got, n*9/10, "datagrams received (a fragment lost under emulation loses its datagram)")
 	r := f.finish("udp-fragments", "100 x 3000-byte UDP datagrams (3 IPv4 fragments each), veth MTU 1500", n, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
 	assert.Positive(t, r.Writer.Frags, "non-first fragments reached tc ingress")
 }
@@ -317,4 +330,81 @@ func TestForward(t *testing.T) {
 	require.Equal(t, n, got, "datagrams received")
 	f.finish("forward", "200 x 64-byte UDP datagrams, A -> M (forwards) -> B", n,
 		bpf.ReaderTCEgress, bpf.ReaderTap, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
+}
+
+// TestTCPGRO: a stream sent in MSS-sized segments (TSO and GSO off at the
+// sender), received with GRO off (veth without NAPI: one skb per segment)
+// and on (an XDP program puts the receiving veth in NAPI, where GRO merges
+// segments before tc ingress sees them): per-packet tags become per-batch.
+func TestTCPGRO(t *testing.T) {
+	testenv.RequireGuest(t)
+	const size = 1 << 20
+	written := map[bool]uint64{}
+	for _, gro := range []bool{false, true} {
+		name := map[bool]string{false: "tcp-segments-gro-off", true: "tcp-segments-gro-on"}[gro]
+		t.Run(name, func(t *testing.T) {
+			p, err := testenv.NewVethPair()
+			require.NoError(t, err)
+			defer p.Close()
+			require.NoError(t, testenv.NoSegmentationOffload(p.A, "skbst0"))
+			f := load(t)
+			if gro {
+				require.NoError(t, testenv.InNetns(p.B, func() error {
+					l, err := netlink.LinkByName("skbst1")
+					if err != nil {
+						return err
+					}
+					return netlink.LinkSetXdpFd(l, f.tf.XDPPass().FD())
+				}), "attach XDP to the receiving veth")
+			}
+			attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+			got := sendTCP(t, p.A, p.B, p.AddrB, size)
+			require.Equal(t, int64(size), got)
+			traffic := "1 MiB TCP stream in MSS-sized segments (sender TSO/GSO off), veth, GRO off"
+			if gro {
+				traffic = "1 MiB TCP stream in MSS-sized segments (sender TSO/GSO off), veth in NAPI (XDP pass), GRO on"
+			}
+			r := f.finish(name, traffic, size, bpf.ReaderCgroup, bpf.ReaderTCPRcv)
+			written[gro] = r.Writer.Written
+		})
+	}
+	if written[false] > 0 && written[true] > 0 {
+		t.Logf("tags written: %d with GRO off, %d with GRO on (%.1f segments per tagged skb)",
+			written[false], written[true], float64(written[false])/float64(written[true]))
+		assert.GreaterOrEqual(t, written[false], uint64(size/1500), "GRO off: about one skb per MSS segment")
+	}
+}
+
+// TestVXLAN: datagrams through a VXLAN tunnel over the veth pair; tagged at
+// the underlay's tc ingress (the tag is read from the inner packet), read
+// at the socket after decapsulation.
+func TestVXLAN(t *testing.T) {
+	testenv.RequireGuest(t)
+	p, err := testenv.NewVethPair()
+	require.NoError(t, err)
+	defer p.Close()
+	inner := map[netns.NsHandle]net.IP{p.A: net.IPv4(10, 99, 0, 1).To4(), p.B: net.IPv4(10, 99, 0, 2).To4()}
+	remote := map[netns.NsHandle]net.IP{p.A: p.AddrB, p.B: p.AddrA}
+	underlay := map[netns.NsHandle]string{p.A: "skbst0", p.B: "skbst1"}
+	for _, ns := range []netns.NsHandle{p.A, p.B} {
+		h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+		require.NoError(t, err)
+		defer h.Close()
+		under, err := h.LinkByName(underlay[ns])
+		require.NoError(t, err)
+		vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "tfvx0", MTU: 1400}, VxlanId: 42, VtepDevIndex: under.Attrs().Index,
+			Group: remote[ns], Port: 4789, Learning: false}
+		require.NoError(t, h.LinkAdd(vx), "add vxlan (module vxlan)")
+		l, err := h.LinkByName("tfvx0")
+		require.NoError(t, err)
+		require.NoError(t, h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: inner[ns], Mask: net.CIDRMask(24, 32)}}))
+		require.NoError(t, h.LinkSetUp(l))
+	}
+	f := load(t)
+	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	const n = 200
+	got := sendUDP(t, p.A, p.B, inner[p.B], n, 64)
+	require.Equal(t, n, got, "datagrams received through the tunnel")
+	f.finish("vxlan", "200 x 64-byte UDP datagrams in VXLAN over veth, tagged at the underlay's ingress", n,
+		bpf.ReaderCgroup, bpf.ReaderUDPQueue)
 }
