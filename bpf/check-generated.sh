@@ -1,6 +1,6 @@
 #!/bin/sh
 # Proves that the committed generated files match skbstore.c,
-# mapbench.c and tagflow.c: regenerates them in a temporary copy of this directory and
+# mapbench.c, tagflow.c and storagebench.c: regenerates them in a temporary copy of this directory and
 # compares. Exits 0 when they match, 1 when they differ, and 0 with a
 # notice when clang is missing (so CI without clang does not fail on it);
 # set REQUIRE_CLANG=1 to make that 2.
@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT INT TERM
 # relative paths and the object is byte for byte comparable.
 cp "$here"/*.go "$here"/*.c "$tmp"/
 cp -r "$here"/include "$tmp"/
-generated="skbstore_bpfel.go skbstore_bpfel.o mapbench_bpfel.go mapbench_bpfel.o tagflow_bpfel.go tagflow_bpfel.o"
+generated="skbstore_bpfel.go skbstore_bpfel.o mapbench_bpfel.go mapbench_bpfel.o tagflow_bpfel.go tagflow_bpfel.o storagebench_bpfel.go storagebench_bpfel.o"
 for f in $generated; do rm -f "$tmp/$f"; done
 (cd "$tmp" && go generate ./...)
 status=0
@@ -27,5 +27,5 @@ for f in $generated; do
 		status=1
 	fi
 done
-[ $status = 0 ] && echo "check-generated: bpf/{skbstore,mapbench,tagflow}_bpfel.{go,o} are up to date"
+[ $status = 0 ] && echo "check-generated: bpf/{skbstore,mapbench,tagflow,storagebench}_bpfel.{go,o} are up to date"
 exit $status

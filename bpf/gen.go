@@ -12,3 +12,7 @@ package bpf
 // The tag flow programs (tagflow.c): metadata written at tc ingress, read at
 // later layers.
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v2" -target bpfel -type reader_stats -type writer_stats -type tag_value tagflow tagflow.c
+
+// The local storage comparison (storagebench.c): the skb-keyed map against
+// socket storage, in one program type.
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v2" -target bpfel -type bench_state storagebench storagebench.c

@@ -1,0 +1,281 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * storagebench: what the skb-keyed hash map costs per access against socket
+ * local storage (bpf_sk_storage_get), measured the same way in the same
+ * program type. Every program is a cgroup_skb program run by
+ * BPF_PROG_TEST_RUN, which gives the packet a fresh socket of its own per
+ * run syscall (skb->sk), so that socket storage can be created on it.
+ *
+ *   map_update, map_lookup, map_delete   BATCH operations on pointer-like
+ *                                        8-byte keys (as mapbench.c)
+ *   sk_lookup                            BATCH bpf_sk_storage_get without
+ *                                        F_CREATE, after one with it
+ *   sk_create, sk_delete                 one operation per run (a socket
+ *                                        has one storage of a map): the
+ *                                        first run of a syscall creates,
+ *                                        sk_delete creates then deletes
+ *   empty_batch, empty_one               the timed loops with no operation
+ *
+ * Each adds the bpf_ktime_get_ns() time around its operations to
+ * bench_state. Values are 104 bytes, as skbstore.c's struct skb_value.
+ */
+#include "include/skbstore_common.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define BENCH_BATCH 64
+#define KEY_BASE 0xffff888000000000ULL
+#define KEY_STRIDE 256
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_SK_STORAGE 24
+#define BPF_SK_STORAGE_GET_F_CREATE 1
+
+static void *(*bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags) = (void *)107;
+static long (*bpf_sk_storage_delete)(void *map, void *sk) = (void *)108;
+static void *(*bpf_sk_fullsock)(void *sk) = (void *)95;
+
+struct bpf_sock;
+
+/* UAPI struct __sk_buff up to sk. */
+struct __sk_buff {
+	__u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority;
+	__u32 ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid, data, data_end, napi_id;
+	__u32 family, remote_ip4, local_ip4, remote_ip6[4], local_ip6[4], remote_port, local_port;
+	__u32 data_meta;
+	union {
+		void *flow_keys;
+		__u64 flow_keys_pad;
+	} __attribute__((aligned(8)));
+	__u64 tstamp;
+	__u32 wire_len, gso_segs;
+	union {
+		struct bpf_sock *sk;
+		__u64 sk_pad;
+	} __attribute__((aligned(8)));
+};
+
+struct value {
+	__u8 data[104];
+};
+
+struct bench_state {
+	__u64 seq;      /* runs so far: selects the batch of keys */
+	__u64 seq_mask; /* set by user space: batches - 1 (a power of two) */
+	__u64 ns;       /* time spent in the timed parts */
+	__u64 ops;      /* operations done */
+	__u64 misses;   /* failed operations */
+	__u64 runs;     /* program runs */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct value);
+} skb_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct value);
+} sk_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_state);
+} sb_state SEC(".maps");
+
+const struct bench_state *unused_sb_state __attribute__((unused));
+
+static __always_inline struct bench_state *state(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sb_state, &zero);
+}
+
+static __always_inline void account(struct bench_state *st, __u64 ns, __u64 ops, __u64 miss)
+{
+	st->ns += ns;
+	st->ops += ops;
+	st->misses += miss;
+	st->seq++;
+	st->runs++;
+}
+
+static __always_inline __u64 first_key(struct bench_state *st)
+{
+	return KEY_BASE + ((st->seq & st->seq_mask) * BENCH_BATCH) * KEY_STRIDE;
+}
+
+/* The socket behind the test run's packet. */
+static __always_inline void *socket_of(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	return bpf_sk_fullsock(sk);
+}
+
+SEC("cgroup_skb/ingress")
+int map_update(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	struct value val = {};
+	__u64 key, base, t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	base = first_key(st);
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		key = base + (__u64)i * KEY_STRIDE;
+		if (bpf_map_update_elem(&skb_map, &key, &val, BPF_ANY))
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int map_lookup(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 key, base, t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	base = first_key(st);
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		key = base + (__u64)i * KEY_STRIDE;
+		if (!bpf_map_lookup_elem(&skb_map, &key))
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int map_delete(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 key, base, t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	base = first_key(st);
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		key = base + (__u64)i * KEY_STRIDE;
+		if (bpf_map_delete_elem(&skb_map, &key))
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int sk_lookup(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	void *sk = socket_of(skb);
+	if (!sk || !bpf_sk_storage_get(&sk_map, sk, 0, BPF_SK_STORAGE_GET_F_CREATE)) {
+		account(st, 0, 0, 1);
+		return 1;
+	}
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		if (!bpf_sk_storage_get(&sk_map, sk, 0, 0))
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int sk_create(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	void *sk = socket_of(skb);
+	if (!sk) {
+		account(st, 0, 0, 1);
+		return 1;
+	}
+	t0 = bpf_ktime_get_ns();
+	if (!bpf_sk_storage_get(&sk_map, sk, 0, BPF_SK_STORAGE_GET_F_CREATE))
+		miss++;
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, 1, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int sk_delete(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	void *sk = socket_of(skb);
+	if (!sk || !bpf_sk_storage_get(&sk_map, sk, 0, BPF_SK_STORAGE_GET_F_CREATE)) {
+		account(st, 0, 0, 1);
+		return 1;
+	}
+	t0 = bpf_ktime_get_ns();
+	if (bpf_sk_storage_delete(&sk_map, sk))
+		miss++;
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, 1, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int empty_batch(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 key, base, t0, t1, miss = 0;
+	if (!st)
+		return 1;
+	base = first_key(st);
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		key = base + (__u64)i * KEY_STRIDE;
+		barrier_var(key);
+		if (!key)
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int empty_one(struct __sk_buff *skb)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, key = 1;
+	if (!st)
+		return 1;
+	t0 = bpf_ktime_get_ns();
+	barrier_var(key);
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, 1, key ? 0 : 1);
+	return 1;
+}
