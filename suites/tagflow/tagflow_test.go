@@ -266,15 +266,23 @@ func (f *flow) finish(name, traffic string, sent int, expect ...bpf.Reader) *cas
 	return r
 }
 
-// TestUDP: datagrams over a veth pair, tagged at the receiver's tc ingress,
-// read at the socket layer and the UDP receive queue.
-func TestUDP(t *testing.T) {
+// vethCase makes a veth pair, loads the programs and attaches the writer
+// to the receiving end's tc ingress.
+func vethCase(t *testing.T) (*testenv.VethPair, *flow) {
+	t.Helper()
 	testenv.RequireGuest(t)
 	p, err := testenv.NewVethPair()
 	require.NoError(t, err)
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
 	f := load(t)
 	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	return p, f
+}
+
+// TestUDP: datagrams over a veth pair, tagged at the receiver's tc ingress,
+// read at the socket layer and the UDP receive queue.
+func TestUDP(t *testing.T) {
+	p, f := vethCase(t)
 	const n = 200
 	got := sendUDP(t, p.A, p.B, p.AddrB, n, 64)
 	require.Equal(t, n, got, "datagrams received")
@@ -285,12 +293,7 @@ func TestUDP(t *testing.T) {
 // TestUDPFragments: datagrams above the MTU, fragmented by the sender and
 // reassembled by the receiver: the socket reads the reassembled skb.
 func TestUDPFragments(t *testing.T) {
-	testenv.RequireGuest(t)
-	p, err := testenv.NewVethPair()
-	require.NoError(t, err)
-	defer p.Close()
-	f := load(t)
-	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	p, f := vethCase(t)
 	const n = 100
 	got := sendUDP(t, p.A, p.B, p.AddrB, n, 3000)
 	require.GreaterOrEqual(t, got, n*9/10, "datagrams received (a fragment lost under emulation loses its datagram)")
@@ -301,12 +304,7 @@ func TestUDPFragments(t *testing.T) {
 // TestTCP: a stream over a veth pair; each segment's tag is its sequence
 // number.
 func TestTCP(t *testing.T) {
-	testenv.RequireGuest(t)
-	p, err := testenv.NewVethPair()
-	require.NoError(t, err)
-	defer p.Close()
-	f := load(t)
-	attachTC(t, p.B, "skbst1", f.tf.IngressWriter(), true)
+	p, f := vethCase(t)
 	const size = 1 << 20
 	got := sendTCP(t, p.A, p.B, p.AddrB, size)
 	require.Equal(t, int64(size), got)

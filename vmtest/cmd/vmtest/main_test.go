@@ -624,6 +624,17 @@ func TestShell(t *testing.T) {
 	assert.Equal(t, 1, code, "vmtest shell -- false exits with false's status")
 }
 
+// waitOnScreen waits until what appears on the terminal.
+func waitOnScreen(t *testing.T, snapshot func() string, what string, limit time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if strings.Contains(snapshot(), what) {
+			return
+		}
+	}
+	t.Fatalf("%q did not come within %s", what, limit)
+}
+
 // startOnPTY starts cmd with a new pseudo-terminal as its controlling
 // terminal and stdout and stderr (and stdin if withStdin), and returns the
 // terminal's master, what has appeared on it so far, and cmd's end. The
@@ -778,15 +789,7 @@ func TestShellOnFail(t *testing.T) {
 	cmd := exec.Command(bin, "exec", "-kernel", "6.1", "-shell-on-fail", "-results", t.TempDir(), testBin, "-test.run", "^TestFailOnPurpose$")
 	cmd.Dir = pkgDir
 	ptmx, snapshot, done := startOnPTY(t, cmd, false) // stdin: /dev/null, as go test gives
-	waitFor := func(what string, limit time.Duration) {
-		t.Helper()
-		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if strings.Contains(snapshot(), what) {
-				return
-			}
-		}
-		t.Fatalf("%q did not come within %s", what, limit)
-	}
+	waitFor := func(what string, limit time.Duration) { t.Helper(); waitOnScreen(t, snapshot, what, limit) }
 	waitFor("a shell in "+pkgDir, 3*time.Minute)
 	waitFor("$ ", 30*time.Second)
 	_, err = ptmx.Write([]byte("pwd; echo GUEST-$VMTEST_GUEST\r"))
@@ -900,15 +903,7 @@ func TestRunShellOnFail(t *testing.T) {
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	ptmx, snapshot, done := startOnPTY(t, cmd, true)
-	waitFor := func(what string, limit time.Duration) {
-		t.Helper()
-		for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if strings.Contains(snapshot(), what) {
-				return
-			}
-		}
-		t.Fatalf("%q did not come within %s", what, limit)
-	}
+	waitFor := func(what string, limit time.Duration) { t.Helper(); waitOnScreen(t, snapshot, what, limit) }
 	waitFor("a shell in "+pkgDir, 5*time.Minute)
 	waitFor("$ ", 30*time.Second)
 	_, err := ptmx.Write([]byte("echo IN-$VMTEST_GUEST-$(pwd)\r"))
