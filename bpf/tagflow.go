@@ -72,6 +72,9 @@ type TagFlowOptions struct {
 	// NoMark leaves skb->mark alone (by default the writer also puts the
 	// tag there, the baseline to compare with).
 	NoMark bool
+	// MarkOnly carries the tag in skb->mark alone, without the map: what
+	// the baseline costs.
+	MarkOnly bool
 }
 
 // tracedReaders are the fentry readers, each optional: a kernel without
@@ -120,6 +123,13 @@ func LoadTagFlow(opts TagFlowOptions) (*TagFlow, error) {
 	}
 	if err := spec.Variables["write_mark"].Set(mark); err != nil {
 		return nil, fmt.Errorf("set write_mark: %w", err)
+	}
+	useMap := uint8(1)
+	if opts.MarkOnly {
+		useMap = 0
+	}
+	if err := spec.Variables["use_map"].Set(useMap); err != nil {
+		return nil, fmt.Errorf("set use_map: %w", err)
 	}
 	kspec, err := kernelSpec()
 	if err != nil {
@@ -201,7 +211,15 @@ func (t *TagFlow) AttachCgroup(path string) error {
 // AttachTracing attaches the free hooks, the clone watcher and the traced
 // readers that loaded.
 func (t *TagFlow) AttachTracing() error {
-	for _, name := range []string{"free_consume", "free_kfree", "follow_clone", "read_udp_queue", "read_tcp_rcv", "read_tap"} {
+	return t.attach("free_consume", "free_kfree", "follow_clone", "read_udp_queue", "read_tcp_rcv", "read_tap")
+}
+
+// AttachFreeHooks attaches only the hooks that delete entries at free: the
+// pattern's own cost, without the observers.
+func (t *TagFlow) AttachFreeHooks() error { return t.attach("free_consume", "free_kfree") }
+
+func (t *TagFlow) attach(names ...string) error {
+	for _, name := range names {
 		p := t.progs[name]
 		if p == nil {
 			continue // a skipped reader

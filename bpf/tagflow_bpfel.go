@@ -60,6 +60,7 @@ const (
 	tagflowProgTagIngress   = "tag_ingress"
 	tagflowProgXdpPass      = "xdp_pass"
 	tagflowVarFlowPortBe    = "flow_port_be"
+	tagflowVarUseMap        = "use_map"
 	tagflowVarWriteMark     = "write_mark"
 )
 
@@ -133,6 +134,7 @@ type tagflowMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tagflowVariableSpecs struct {
 	FlowPortBe *ebpf.VariableSpec `ebpf:"flow_port_be"`
+	UseMap     *ebpf.VariableSpec `ebpf:"use_map"`
 	WriteMark  *ebpf.VariableSpec `ebpf:"write_mark"`
 }
 
@@ -178,6 +180,7 @@ func (m *tagflowMaps) Close() error {
 // It can be passed to loadTagflowObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tagflowVariables struct {
 	FlowPortBe *ebpf.Variable `ebpf:"flow_port_be"`
+	UseMap     *ebpf.Variable `ebpf:"use_map"`
 	WriteMark  *ebpf.Variable `ebpf:"write_mark"`
 }
 
