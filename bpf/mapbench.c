@@ -61,7 +61,6 @@ struct {
 
 const struct bench_state *unused_bench_state __attribute__((unused));
 
-struct xdp_md;
 
 static __always_inline struct bench_state *state(void)
 {

@@ -36,26 +36,6 @@ static void *(*bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags
 static long (*bpf_sk_storage_delete)(void *map, void *sk) = (void *)108;
 static void *(*bpf_sk_fullsock)(void *sk) = (void *)95;
 
-struct bpf_sock;
-
-/* UAPI struct __sk_buff up to sk. */
-struct __sk_buff {
-	__u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority;
-	__u32 ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid, data, data_end, napi_id;
-	__u32 family, remote_ip4, local_ip4, remote_ip6[4], local_ip6[4], remote_port, local_port;
-	__u32 data_meta;
-	union {
-		void *flow_keys;
-		__u64 flow_keys_pad;
-	} __attribute__((aligned(8)));
-	__u64 tstamp;
-	__u32 wire_len, gso_segs;
-	union {
-		struct bpf_sock *sk;
-		__u64 sk_pad;
-	} __attribute__((aligned(8)));
-};
-
 struct value {
 	__u8 data[104];
 };

@@ -30,7 +30,9 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-#define TC_ACT_OK 0
+/* TC_ACT_UNSPEC: let the next program of the hook run (TC_ACT_OK would end
+ * the hook's programs), then the default, pass. */
+#define TC_ACT_OK (-1)
 #define BPF_HDR_START_NET 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
@@ -38,13 +40,8 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 static long (*bpf_skb_load_bytes_relative)(const void *skb, __u32 offset, void *to, __u32 len, __u32 start_header) = (void *)68;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
+static long (*bpf_xdp_adjust_meta)(struct xdp_md *ctx, int delta) = (void *)54;
 
-/* The start of the UAPI struct __sk_buff. */
-struct __sk_buff {
-	__u32 len;
-	__u32 pkt_type;
-	__u32 mark;
-};
 
 /* The fields of the kernel's struct sk_buff the tracing readers use;
  * their offsets are relocated against the running kernel's BTF. */
@@ -61,7 +58,8 @@ enum reader {
 	R_TCP_RCV = 2,   /* fentry tcp_rcv_established */
 	R_TC_EGRESS = 3, /* tc egress, after forwarding */
 	R_TAP = 4,       /* fentry packet_rcv: AF_PACKET taps */
-	NR_READERS = 5,
+	R_XDP_META = 5,  /* tc ingress reading what XDP put in data_meta (the baseline) */
+	NR_READERS = 6,
 };
 
 struct reader_stats {
@@ -318,6 +316,59 @@ static __always_inline int read_traced(enum reader r, void *p)
 	struct sk_buff___tf *skb = p;
 	read_tag(r, VIA_KERNEL, skb, (__u64)(long)p, skb->mark);
 	return 0;
+}
+
+/* xdp_meta puts the tag of a packet of the flow in the XDP metadata in
+ * front of it (the other baseline: data_meta, which tc ingress can read).
+ * It parses with direct packet access: Ethernet, IPv4 without options. */
+SEC("xdp")
+int xdp_meta(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	__u8 *p = data;
+	if ((void *)(p + 14 + 20 + 16) > end || p[12] != 0x08 || p[13] != 0 || p[14] != 0x45)
+		return 2;
+	__u8 *l4 = p + 34;
+	__u64 tag;
+	if (p[23] == IPPROTO_UDP && *(__u16 *)&l4[2] == flow_port_be) {
+		if ((void *)(l4 + 16) > end || bswap32(*(__u32 *)&l4[8]) != TAG_MAGIC)
+			return 2;
+		tag = (1ULL << 32) | bswap32(*(__u32 *)&l4[12]);
+	} else {
+		return 2;
+	}
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u64)))
+		return 2;
+	void *meta = (void *)(long)ctx->data_meta;
+	data = (void *)(long)ctx->data;
+	if (meta + sizeof(__u64) > data)
+		return 2;
+	*(__u64 *)meta = tag;
+	return 2; /* XDP_PASS */
+}
+
+/* read_tc_meta reads data_meta at tc ingress, the only layer that can. */
+SEC("tc")
+int read_tc_meta(struct __sk_buff *skb)
+{
+	void *meta = (void *)(long)skb->data_meta, *data = (void *)(long)skb->data;
+	__u64 tag = 0;
+	if (classify(VIA_CTX, skb, &tag) != K_TAGGED)
+		return TC_ACT_OK;
+	__u32 idx = R_XDP_META;
+	struct reader_stats *st = bpf_map_lookup_elem(&reader_counts, &idx);
+	if (!st)
+		return TC_ACT_OK;
+	st->seen++;
+	if (skb->mark == mark_of(tag))
+		st->mark_ok++;
+	if (meta + sizeof(__u64) > data)
+		st->lost++;
+	else if (*(__u64 *)meta == tag)
+		st->delivered++;
+	else
+		st->wrong++;
+	return TC_ACT_OK;
 }
 
 /* Attached to a veth so that it receives in NAPI, where GRO merges. */

@@ -21,10 +21,11 @@ const (
 	ReaderTCPRcv                 // fentry tcp_rcv_established: TCP's established receive path
 	ReaderTCEgress               // tc egress (clsact) on the next hop, after forwarding
 	ReaderTap                    // fentry packet_rcv: an AF_PACKET tap
+	ReaderXDPMeta                // tc ingress reading the tag XDP put in data_meta (a baseline)
 	NumReaders
 )
 
-var readerNames = [NumReaders]string{"cgroup_skb ingress", "udp receive queue", "tcp_rcv_established", "tc egress", "af_packet tap"}
+var readerNames = [NumReaders]string{"cgroup_skb ingress", "udp receive queue", "tcp_rcv_established", "tc egress", "af_packet tap", "xdp data_meta at tc"}
 
 // String names the reader.
 func (r Reader) String() string {
@@ -193,6 +194,13 @@ func (t *TagFlow) IngressWriter() *ebpf.Program { return t.progs["tag_ingress"] 
 // EgressReader is the tc program that reads tags after forwarding; attach
 // it to the outgoing device's clsact egress.
 func (t *TagFlow) EgressReader() *ebpf.Program { return t.progs["read_tc_egress"] }
+
+// XDPMeta is an XDP program that puts each UDP packet's tag of the flow in
+// the packet's metadata (data_meta), for MetaReader to read at tc ingress.
+func (t *TagFlow) XDPMeta() *ebpf.Program { return t.progs["xdp_meta"] }
+
+// MetaReader is the tc ingress program that reads data_meta.
+func (t *TagFlow) MetaReader() *ebpf.Program { return t.progs["read_tc_meta"] }
 
 // XDPPass is an XDP program that passes every packet: on a veth it makes
 // the device receive in NAPI, where GRO merges segments.

@@ -55,9 +55,11 @@ const (
 	tagflowProgReadCgroup   = "read_cgroup"
 	tagflowProgReadTap      = "read_tap"
 	tagflowProgReadTcEgress = "read_tc_egress"
+	tagflowProgReadTcMeta   = "read_tc_meta"
 	tagflowProgReadTcpRcv   = "read_tcp_rcv"
 	tagflowProgReadUdpQueue = "read_udp_queue"
 	tagflowProgTagIngress   = "tag_ingress"
+	tagflowProgXdpMeta      = "xdp_meta"
 	tagflowProgXdpPass      = "xdp_pass"
 	tagflowVarFlowPortBe    = "flow_port_be"
 	tagflowVarUseMap        = "use_map"
@@ -112,9 +114,11 @@ type tagflowProgramSpecs struct {
 	ReadCgroup   *ebpf.ProgramSpec `ebpf:"read_cgroup"`
 	ReadTap      *ebpf.ProgramSpec `ebpf:"read_tap"`
 	ReadTcEgress *ebpf.ProgramSpec `ebpf:"read_tc_egress"`
+	ReadTcMeta   *ebpf.ProgramSpec `ebpf:"read_tc_meta"`
 	ReadTcpRcv   *ebpf.ProgramSpec `ebpf:"read_tcp_rcv"`
 	ReadUdpQueue *ebpf.ProgramSpec `ebpf:"read_udp_queue"`
 	TagIngress   *ebpf.ProgramSpec `ebpf:"tag_ingress"`
+	XdpMeta      *ebpf.ProgramSpec `ebpf:"xdp_meta"`
 	XdpPass      *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
@@ -194,9 +198,11 @@ type tagflowPrograms struct {
 	ReadCgroup   *ebpf.Program `ebpf:"read_cgroup"`
 	ReadTap      *ebpf.Program `ebpf:"read_tap"`
 	ReadTcEgress *ebpf.Program `ebpf:"read_tc_egress"`
+	ReadTcMeta   *ebpf.Program `ebpf:"read_tc_meta"`
 	ReadTcpRcv   *ebpf.Program `ebpf:"read_tcp_rcv"`
 	ReadUdpQueue *ebpf.Program `ebpf:"read_udp_queue"`
 	TagIngress   *ebpf.Program `ebpf:"tag_ingress"`
+	XdpMeta      *ebpf.Program `ebpf:"xdp_meta"`
 	XdpPass      *ebpf.Program `ebpf:"xdp_pass"`
 }
 
@@ -208,9 +214,11 @@ func (p *tagflowPrograms) Close() error {
 		p.ReadCgroup,
 		p.ReadTap,
 		p.ReadTcEgress,
+		p.ReadTcMeta,
 		p.ReadTcpRcv,
 		p.ReadUdpQueue,
 		p.TagIngress,
+		p.XdpMeta,
 		p.XdpPass,
 	)
 }

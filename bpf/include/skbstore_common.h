@@ -53,6 +53,30 @@ static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 
+/* UAPI struct __sk_buff up to sk: what tc and cgroup_skb programs see. */
+struct bpf_sock;
+struct __sk_buff {
+	__u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto, priority;
+	__u32 ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid, data, data_end, napi_id;
+	__u32 family, remote_ip4, local_ip4, remote_ip6[4], local_ip6[4], remote_port, local_port;
+	__u32 data_meta;
+	union {
+		void *flow_keys;
+		__u64 flow_keys_pad;
+	} __attribute__((aligned(8)));
+	__u64 tstamp;
+	__u32 wire_len, gso_segs;
+	union {
+		struct bpf_sock *sk;
+		__u64 sk_pad;
+	} __attribute__((aligned(8)));
+};
+
+/* UAPI struct xdp_md. */
+struct xdp_md {
+	__u32 data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex;
+};
+
 /* Keeps the compiler from hoisting a context load above the branch that
  * guards it: the verifier rejects reading a tracing argument the attach
  * target does not have, even on a path that is never taken at run time

@@ -106,8 +106,16 @@ func load(t *testing.T) *flow {
 	return &flow{t: t, tf: tf}
 }
 
-// attachTC attaches prog to dev's clsact hook (ingress or egress) in ns.
+// attachTC attaches prog to dev's clsact hook (ingress or egress) in ns,
+// as the hook's first program.
 func attachTC(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, ingress bool) {
+	t.Helper()
+	attachTCAt(t, ns, dev, prog, ingress, 1)
+}
+
+// attachTCAt attaches prog at a priority (and handle) of the hook; lower
+// runs first.
+func attachTCAt(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, ingress bool, prio uint16) {
 	t.Helper()
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	require.NoError(t, err)
@@ -123,7 +131,7 @@ func attachTC(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, i
 		parent = netlink.HANDLE_MIN_INGRESS
 	}
 	filter := &netlink.BpfFilter{
-		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: uint32(prio), Protocol: unix.ETH_P_ALL, Priority: prio},
 		Fd:           prog.FD(),
 		Name:         "tagflow",
 		DirectAction: true,
@@ -405,4 +413,25 @@ func TestVXLAN(t *testing.T) {
 	require.Equal(t, n, got, "datagrams received through the tunnel")
 	f.finish("vxlan", "200 x 64-byte UDP datagrams in VXLAN over veth, tagged at the underlay's ingress", n,
 		bpf.ReaderCgroup, bpf.ReaderUDPQueue)
+}
+
+// TestXDPMeta: the other baseline, XDP metadata. An XDP program on the
+// receiving veth puts each datagram's tag in data_meta; a tc ingress
+// program reads it there (no later layer can read data_meta), beside the
+// map's writer and readers.
+func TestXDPMeta(t *testing.T) {
+	p, f := vethCase(t)
+	require.NoError(t, testenv.InNetns(p.B, func() error {
+		l, err := netlink.LinkByName("skbst1")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFd(l, f.tf.XDPMeta().FD())
+	}), "attach the XDP metadata writer")
+	attachTCAt(t, p.B, "skbst1", f.tf.MetaReader(), true, 2)
+	const n = 200
+	got := sendUDP(t, p.A, p.B, p.AddrB, n, 64)
+	require.Equal(t, n, got, "datagrams received")
+	f.finish("xdp-meta", "200 x 64-byte UDP datagrams, veth with an XDP program writing data_meta", n,
+		bpf.ReaderXDPMeta, bpf.ReaderCgroup, bpf.ReaderUDPQueue)
 }
