@@ -326,6 +326,12 @@ func execOutDir(results, id string) (dir string, keep bool, err error) {
 		}
 	}
 	if results != "" {
+		// A guest's files are written exclusively (O_EXCL): an earlier
+		// run's would turn this one into a protocol failure, and mixing
+		// the two would mislead. Refuse before booting.
+		if ents, err := os.ReadDir(results); err == nil && len(ents) > 0 {
+			return "", false, fmt.Errorf("-results %s already holds files (%s, ...): give a new or empty directory, so that this run's files do not mix with another's", results, ents[0].Name())
+		}
 		return results, true, os.MkdirAll(results, 0o755)
 	}
 	dir, err = os.MkdirTemp("", "vmtest-"+id+"-")

@@ -282,6 +282,19 @@ func TestBadInputFailsFast(t *testing.T) {
 	}
 }
 
+// TestExecResultsNotEmpty: exec into a results directory that holds an
+// earlier run's files is refused before booting, with the reason.
+func TestExecResultsNotEmpty(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "console.log"), []byte("earlier"), 0o644))
+	_, stderr, code := runVMTest(t, "exec", "-kernel", "6.1", "-results", dir, "/bin/true")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "already holds files (console.log")
+	b, err := os.ReadFile(filepath.Join(dir, "console.log"))
+	require.NoError(t, err)
+	assert.Equal(t, "earlier", string(b), "the earlier run's files are left alone")
+}
+
 // TestEverySkippedFails: a run in which every test skipped checked nothing and
 // must not pass, unless -allow-skip says that is fine.
 func TestEverySkippedFails(t *testing.T) {
