@@ -117,10 +117,15 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	fmt.Fprintf(os.Stderr, "vmtest: %s on kernel(s) %s, at most %d guest(s) at a time; results in %s\n",
 		strings.Join(append([]string{"go test"}, rest[2:]...), " "), strings.Join(names, ", "), f.vms, runDir)
 
-	base, err := images.Base(ctx, f.baseOptions(dir, os.Stderr))
-	if err != nil {
-		return 1, err
-	}
+	// The guest image is built while the kernels are fetched: a kernel
+	// that cannot be had fails at once, not after the build.
+	baseCtx, cancelBase := context.WithCancel(ctx)
+	defer cancelBase()
+	base := &baseImage{done: make(chan struct{})}
+	go func() {
+		defer close(base.done)
+		base.path, base.err = images.Base(baseCtx, f.baseOptions(dir, os.Stderr))
+	}()
 
 	rep := &report.Report{Started: time.Now()}
 	st := newStatus(os.Stderr, names, !f.shellOnFail)
@@ -172,10 +177,27 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
+// baseImage is the guest image being built for a run.
+type baseImage struct {
+	done chan struct{}
+	path string
+	err  error
+}
+
+// wait returns the image once built.
+func (b *baseImage) wait(ctx context.Context) (string, error) {
+	select {
+	case <-b.done:
+		return b.path, b.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
 // matrix runs go test once per kernel.
 type matrix struct {
 	f         *runFlags
-	base      string
+	base      *baseImage
 	runDir    string
 	st        *status
 	pkgs      []string
@@ -225,6 +247,13 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		return
 	}
 	m.st.println(os.Stderr, fmt.Sprintf("[%s] %s (%s), accelerator %s", k.Name, p.kernel.Release, describePackages(p), accel))
+	base, err := m.base.wait(ctx)
+	if err != nil {
+		k.Error = fmt.Sprintf("build the guest image: %v", err)
+		k.Outcome = gotest.Fail
+		m.st.set(k.Name, "failed: "+k.Error)
+		return
+	}
 	m.st.set(k.Name, "running")
 
 	self, err := os.Executable()
@@ -243,7 +272,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	goArgs = append(goArgs, pkgs...)
 	goArgs = append(goArgs, m.binArgs...)
 	cmd := exec.Command("go", goArgs...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+m.cgo(), "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+m.base)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+m.cgo(), "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+base)
 	cmd.Stderr = os.Stderr
 	// A process group of its own, so that stopping the run reaches go test
 	// and every vmtest exec under it however the signal came; but a shell
