@@ -39,6 +39,7 @@ func Main() {
 	var rootfs <-chan []error
 	if os.Getpid() == 1 {
 		rootfs = initRootfs()
+		timeline("agent started")
 	}
 	err := run(rootfs)
 	if err != nil {
@@ -81,6 +82,7 @@ func run(rootfs <-chan []error) error {
 	}
 	defer f.Close()
 	a := &agent{w: proto.NewWriter(f, job.Key), limits: job.Limits}
+	timeline("result port open")
 	a.hello()
 	kmsg, err := startKmsg(a.sendDmesg)
 	if err != nil {
@@ -91,7 +93,9 @@ func run(rootfs <-chan []error) error {
 			a.logf("%v", err)
 		}
 	}
+	timeline("file systems mounted, lo up")
 	a.setup()
+	timeline("set up")
 	// NVMe namespaces appear some tens of milliseconds into user space:
 	// wait for them while the modules load.
 	disks := make(chan struct{})
@@ -100,9 +104,13 @@ func run(rootfs <-chan []error) error {
 		a.mountDisks(job.Disks)
 	}()
 	a.loadModules(job.Modules)
+	timeline("modules loaded")
 	<-disks
+	timeline("disks mounted")
 	for _, c := range job.Commands {
+		timeline("run " + c.ID)
 		a.runCommand(c, job.Env)
+		timeline("ran " + c.ID)
 	}
 	if kmsg != nil {
 		kmsg.stop()
@@ -171,6 +179,18 @@ type agent struct {
 	artBytes   int64
 	artFiles   int
 	filesOver  bool // the cap on files was reached and reported
+}
+
+// timeline puts a step of the agent in the kernel log at debug level (off
+// the console, in the host's dmesg.log), stamped by the kernel's clock, so
+// that where a boot's user-space time goes can be read there.
+func timeline(step string) {
+	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "<7>vmtest-guest: timeline: %s\n", step)
 }
 
 // logf reports something worth knowing both on the console and to the host.
