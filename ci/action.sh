@@ -34,6 +34,9 @@ run)
 	cd "${INPUT_WORKING_DIRECTORY:-.}"
 	results="$(mkdir -p "${INPUT_RESULTS:-vmtest-results}" && cd "${INPUT_RESULTS:-vmtest-results}" && pwd)"
 	echo "results=$results" >>"$GITHUB_OUTPUT"
+	# Artifact names take no ':', '/' or ','; a kernel name may have them.
+	artifact="${INPUT_ARTIFACT_NAME:-vmtest-results-${GITHUB_JOB:-job}-${INPUT_KERNEL:-6.1}}"
+	echo "artifact=$(printf '%s' "$artifact" | tr -c 'A-Za-z0-9._-' '_')" >>"$GITHUB_OUTPUT"
 	args=(run -kernel "${INPUT_KERNEL:-6.1}" -cpus "${INPUT_CPUS:-2}" -memory "${INPUT_MEMORY:-1024}" -results "$results")
 	if [ -n "${INPUT_MODULES:-}" ]; then
 		args+=(-modules "$INPUT_MODULES")

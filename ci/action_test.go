@@ -146,6 +146,7 @@ func TestActionOnFixture(t *testing.T) {
 	require.Equal(t, 0, code, "the action failed on a passing module")
 	assert.Contains(t, summary, "2 passed")
 	require.NotEmpty(t, outputs["results"])
+	assert.Equal(t, "vmtest-results-job-6.1", outputs["artifact"])
 	junit, _ := filepath.Glob(filepath.Join(outputs["results"], "2*", "junit.xml"))
 	assert.Len(t, junit, 1, "the results hold the run's JUnit report")
 
