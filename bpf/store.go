@@ -394,53 +394,6 @@ func (s *Store) detachLocked() error {
 	return errors.Join(errs...)
 }
 
-// Reset empties the store's maps and zeroes its counters, as a fresh Load
-// would leave them, without detaching: attached programs can serve run
-// after run (detaching a trampoline program waits for an RCU grace period
-// each). Call it while no skb of the filtered task is in flight.
-func (s *Store) Reset() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, name := range []string{"skb_store", "drop_reasons"} {
-		m := s.coll.Maps[name]
-		var keys []any
-		switch name {
-		case "skb_store":
-			var k uint64
-			it := m.Iterate()
-			for it.Next(&k, new(skbstoreSkbValue)) {
-				keys = append(keys, k)
-			}
-			if err := it.Err(); err != nil {
-				return fmt.Errorf("reset %s: %w", name, err)
-			}
-		default:
-			var k uint32
-			var v uint64
-			it := m.Iterate()
-			for it.Next(&k, &v) {
-				keys = append(keys, k)
-			}
-			if err := it.Err(); err != nil {
-				return fmt.Errorf("reset %s: %w", name, err)
-			}
-		}
-		for _, k := range keys {
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("reset %s: %w", name, err)
-			}
-		}
-	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("reset counters: %w", err)
-	}
-	if err := s.coll.Maps["counter_map"].Put(uint32(0), make([]skbstoreCounters, ncpu)); err != nil {
-		return fmt.Errorf("reset counters: %w", err)
-	}
-	return nil
-}
-
 // Close detaches and unloads everything.
 func (s *Store) Close() error {
 	errs := []error{s.Detach()}

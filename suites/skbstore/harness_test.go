@@ -125,11 +125,10 @@ func (s *suiteLog) add(r *runResult) {
 
 // run is the state of one subtest.
 type run struct {
-	t      *testing.T
-	store  *bpf.Store
-	res    *runResult
-	mark   time.Time // start of the current phase
-	pooled bool      // the store stays attached for the next case
+	t     *testing.T
+	store *bpf.Store
+	res   *runResult
+	mark  time.Time // start of the current phase
 }
 
 // must records a check that fails the test when !ok.
@@ -220,72 +219,6 @@ func defaultOptions(c config) bpf.Options {
 	}
 }
 
-// storePool keeps the stores of the functional suites' options (one per
-// strategy and map variant) loaded and attached from one case to the next,
-// reset in between: detaching a trampoline program waits for an RCU grace
-// period (about 0.1 s each under emulation, 13 programs a store), which was
-// more than half of every case's time. The cost suite closes them all
-// first: its figures are of one store alone.
-type storePool struct {
-	mu     sync.Mutex
-	stores map[bpf.Options]*bpf.Store
-}
-
-var pool = &storePool{stores: map[bpf.Options]*bpf.Store{}}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	pool.closeAll()
-	os.Exit(code)
-}
-
-// get returns the attached store for opts, loading and attaching it if
-// there is none yet (fresh).
-func (p *storePool) get(opts bpf.Options) (store *bpf.Store, fresh bool, err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if st := p.stores[opts]; st != nil {
-		return st, false, st.Reset()
-	}
-	st, err := bpf.Load(opts)
-	if err != nil {
-		return nil, true, err
-	}
-	if err := st.Attach(); err != nil {
-		st.Close()
-		return nil, true, fmt.Errorf("attach: %w", err)
-	}
-	p.stores[opts] = st
-	return st, true, nil
-}
-
-// drop closes and forgets the store of opts (after a failed case: its state
-// is not trusted for the next).
-func (p *storePool) drop(opts bpf.Options) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if st := p.stores[opts]; st != nil {
-		st.Close()
-		delete(p.stores, opts)
-	}
-}
-
-// closeAll detaches and closes every pooled store.
-func (p *storePool) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for o, st := range p.stores {
-		st.Close()
-		delete(p.stores, o)
-	}
-}
-
-// pooled reports whether cases with opts share a pooled store: the
-// functional suites' default options do.
-func pooled(opts bpf.Options) bool {
-	return opts == defaultOptions(config{opts.Strategy, opts.MapVariant})
-}
-
 // runStore loads and attaches the programs with opts, runs body with them
 // and then checks and records the map: leaks, stale entries, consistency
 // of counters and entries. caseName distinguishes runs within a suite.
@@ -320,14 +253,8 @@ func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, bod
 		}
 	}()
 
+	store, err := bpf.Load(opts)
 	logDir := "verifier/" + string(opts.Strategy) + "-" + string(opts.MapVariant)
-	var store *bpf.Store
-	var err error
-	if r.pooled = pooled(opts); r.pooled {
-		store, _, err = pool.get(opts)
-	} else {
-		store, err = bpf.Load(opts)
-	}
 	if err != nil {
 		res.Reason = err.Error()
 		var le *bpf.LoadError
@@ -346,18 +273,10 @@ func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, bod
 	}
 	r.store = store
 	res.phase("load", &r.mark)
-	if r.pooled {
-		defer func() {
-			if t.Failed() {
-				pool.drop(opts)
-			}
-		}()
-	} else {
-		defer func() {
-			store.Close()
-			res.phase("close", &r.mark)
-		}()
-	}
+	defer func() {
+		store.Close()
+		res.phase("close", &r.mark)
+	}()
 	for prog, log := range store.VerifierLogs() {
 		artifacts.Save(t, logDir+"/"+prog+".log", []byte(log))
 	}
@@ -365,11 +284,9 @@ func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, bod
 	for _, sk := range res.Skipped {
 		t.Logf("hook skipped: %s: %s", sk.Program, sk.Reason)
 	}
-	if !r.pooled {
-		if err := store.Attach(); err != nil {
-			res.Reason = err.Error()
-			t.Fatalf("attach: %v", err)
-		}
+	if err := store.Attach(); err != nil {
+		res.Reason = err.Error()
+		t.Fatalf("attach: %v", err)
 	}
 	res.Programs = store.Programs()
 	res.phase("attach", &r.mark)
@@ -409,12 +326,10 @@ func (r *run) finish(full bool) {
 		prev = len(es)
 	}
 	r.res.phase("settle", &r.mark)
-	if !r.pooled {
-		if err := r.store.Detach(); err != nil {
-			t.Errorf("detach: %v", err)
-		}
-		r.res.phase("detach", &r.mark)
+	if err := r.store.Detach(); err != nil {
+		t.Errorf("detach: %v", err)
 	}
+	r.res.phase("detach", &r.mark)
 	defer r.res.phase("check", &r.mark)
 	res := r.res
 	res.Programs = r.store.Programs()

@@ -42,10 +42,6 @@ func measureUDP(t *testing.T, n int) time.Duration {
 // (BPF_ENABLE_STATS). The figures are recorded, not judged; the test fails
 // only if the programs did not run.
 func TestCost(t *testing.T) {
-	// Its figures are of one store alone: the functional suites' pooled
-	// stores go first (this file's name makes it the package's last test,
-	// so that they are closed once).
-	pool.closeAll()
 	s := newSuite(t, "cost")
 	stats, err := bpf.EnableRunStats()
 	if err != nil {
