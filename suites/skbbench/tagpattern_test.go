@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -23,48 +22,10 @@ const tagPort = 40123
 // tagTrial sends udpDatagrams tagged datagrams (the payload tagflow.c
 // derives a tag from) over the veth pair, each read before the next.
 func tagTrial(p *testenv.VethPair) (trial, error) {
-	var rx *net.UDPConn
-	if err := testenv.InNetns(p.B, func() (err error) {
-		rx, err = net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrB, Port: tagPort})
-		return err
-	}); err != nil {
-		return trial{}, fmt.Errorf("listen udp: %w", err)
-	}
-	defer rx.Close()
-	var tx *net.UDPConn
-	if err := testenv.InNetns(p.A, func() (err error) {
-		tx, err = net.DialUDP("udp4", nil, rx.LocalAddr().(*net.UDPAddr))
-		return err
-	}); err != nil {
-		return trial{}, fmt.Errorf("dial udp: %w", err)
-	}
-	defer tx.Close()
-	msg := make([]byte, udpSize)
-	binary.BigEndian.PutUint32(msg, 0x54414746) // "TAGF"
-	buf := make([]byte, 2048)
-	exchange := func(n int) error {
-		for i := 0; i < n; i++ {
-			binary.BigEndian.PutUint32(msg[4:], uint32(i))
-			if _, err := tx.Write(msg); err != nil {
-				return fmt.Errorf("send datagram %d: %w", i, err)
-			}
-			if err := rx.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
-				return err
-			}
-			if _, err := rx.Read(buf); err != nil {
-				return fmt.Errorf("receive datagram %d: %w", i, err)
-			}
-		}
-		return nil
-	}
-	if err := exchange(udpWarmup); err != nil {
-		return trial{}, fmt.Errorf("warm-up: %w", err)
-	}
-	start := time.Now()
-	if err := exchange(udpDatagrams); err != nil {
-		return trial{}, err
-	}
-	return trial{packets: udpDatagrams, elapsed: time.Since(start)}, nil
+	return udpTrialWith(endpoints{pair: p}, tagPort, func(msg []byte, i int) {
+		binary.BigEndian.PutUint32(msg, 0x54414746) // "TAGF"
+		binary.BigEndian.PutUint32(msg[4:], uint32(i))
+	})
 }
 
 // attachIngress puts prog on dev's clsact ingress in ns and returns how to

@@ -85,10 +85,14 @@ func (t trial) pps() float64 {
 
 // udpTrial sends udpDatagrams datagrams, each read by the receiver before
 // the next is sent, and times them. Every datagram is one skb.
-func udpTrial(e endpoints) (trial, error) {
+func udpTrial(e endpoints) (trial, error) { return udpTrialWith(e, 0, nil) }
+
+// udpTrialWith is udpTrial to a given port (0: any), with stamp writing
+// datagram i's payload (nil: zeros).
+func udpTrialWith(e endpoints, port int, stamp func(msg []byte, i int)) (trial, error) {
 	var rx *net.UDPConn
 	if err := e.inRx(func() (err error) {
-		rx, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(e.rxAddr())})
+		rx, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(e.rxAddr()), Port: port})
 		return err
 	}); err != nil {
 		return trial{}, fmt.Errorf("listen udp: %w", err)
@@ -106,6 +110,9 @@ func udpTrial(e endpoints) (trial, error) {
 	buf := make([]byte, 2048)
 	exchange := func(n int) error {
 		for i := 0; i < n; i++ {
+			if stamp != nil {
+				stamp(msg, i)
+			}
 			if _, err := tx.Write(msg); err != nil {
 				return fmt.Errorf("send datagram %d: %w", i, err)
 			}
