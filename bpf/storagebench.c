@@ -35,6 +35,12 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 static void *(*bpf_sk_storage_get)(void *map, void *sk, void *value, __u64 flags) = (void *)107;
 static long (*bpf_sk_storage_delete)(void *map, void *sk) = (void *)108;
 static void *(*bpf_sk_fullsock)(void *sk) = (void *)95;
+static void *(*bpf_task_storage_get)(void *map, void *task, void *value, __u64 flags) = (void *)156;
+static long (*bpf_task_storage_delete)(void *map, void *task) = (void *)157;
+static void *(*bpf_get_current_task_btf)(void) = (void *)158;
+
+#define BPF_MAP_TYPE_TASK_STORAGE 29
+#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 
 struct value {
 	__u8 data[104];
@@ -62,6 +68,15 @@ struct {
 	__type(key, int);
 	__type(value, struct value);
 } sk_map SEC(".maps");
+
+/* Task storage (Linux 5.11+); the loader leaves it and the task_*
+ * programs out where the kernel lacks it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct value);
+} task_map SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -258,4 +273,68 @@ int empty_one(struct __sk_buff *skb)
 	t1 = bpf_ktime_get_ns();
 	account(st, t1 - t0, 1, key ? 0 : 1);
 	return 1;
+}
+
+/* Task storage, in fentry programs on bpf_fentry_test1, which
+ * BPF_PROG_TEST_RUN calls for a tracing program (one program attached at a
+ * time). The task is the one running the test: its storage is deleted
+ * before create runs, made before lookup and delete run. */
+SEC("fentry/bpf_fentry_test1")
+int task_lookup(__u64 *ctx)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 0;
+	void *task = bpf_get_current_task_btf();
+	if (!bpf_task_storage_get(&task_map, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE)) {
+		account(st, 0, 0, 1);
+		return 0;
+	}
+	t0 = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < BENCH_BATCH; i++) {
+		if (!bpf_task_storage_get(&task_map, task, 0, 0))
+			miss++;
+	}
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, BENCH_BATCH, miss);
+	return 0;
+}
+
+SEC("fentry/bpf_fentry_test1")
+int task_create(__u64 *ctx)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 0;
+	void *task = bpf_get_current_task_btf();
+	bpf_task_storage_delete(&task_map, task);
+	t0 = bpf_ktime_get_ns();
+	if (!bpf_task_storage_get(&task_map, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+		miss++;
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, 1, miss);
+	return 0;
+}
+
+SEC("fentry/bpf_fentry_test1")
+int task_delete(__u64 *ctx)
+{
+	struct bench_state *st = state();
+	__u64 t0, t1, miss = 0;
+	if (!st)
+		return 0;
+	void *task = bpf_get_current_task_btf();
+	if (!bpf_task_storage_get(&task_map, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE)) {
+		account(st, 0, 0, 1);
+		return 0;
+	}
+	t0 = bpf_ktime_get_ns();
+	if (bpf_task_storage_delete(&task_map, task))
+		miss++;
+	t1 = bpf_ktime_get_ns();
+	account(st, t1 - t0, 1, miss);
+	return 0;
 }

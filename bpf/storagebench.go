@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 )
 
@@ -25,12 +27,22 @@ const (
 	StorageSkDelete  StorageOp = "sk_delete"  // bpf_sk_storage_delete
 	StorageLoopBatch StorageOp = "empty_batch"
 	StorageLoopOne   StorageOp = "empty_one"
+	// Task storage (Linux 5.11+), timed in fentry programs that
+	// BPF_PROG_TEST_RUN triggers through bpf_fentry_test1.
+	StorageTaskCreate StorageOp = "task_create" // bpf_task_storage_get(F_CREATE) on a task without storage
+	StorageTaskLookup StorageOp = "task_lookup" // bpf_task_storage_get on a task with storage
+	StorageTaskDelete StorageOp = "task_delete" // bpf_task_storage_delete
 )
+
+// tracing reports whether op is timed in a tracing program.
+func (op StorageOp) tracing() bool {
+	return op == StorageTaskCreate || op == StorageTaskLookup || op == StorageTaskDelete
+}
 
 // single reports whether op runs one operation per BPF_PROG_TEST_RUN call
 // (each call's packet has a fresh socket).
 func (op StorageOp) single() bool {
-	return op == StorageSkCreate || op == StorageSkDelete || op == StorageLoopOne
+	return op == StorageSkCreate || op == StorageSkDelete || op == StorageLoopOne || op == StorageTaskCreate || op == StorageTaskDelete
 }
 
 // StorageOpResult is what one StorageBench.Run measured.
@@ -55,7 +67,12 @@ func (r StorageOpResult) NsPerOp() float64 {
 // concurrent use.
 type StorageBench struct {
 	coll *ebpf.Collection
+	// noTask says why task storage is not measured ("" when it is).
+	noTask string
 }
+
+// TaskStorage reports whether task storage can be measured, and if not why.
+func (b *StorageBench) TaskStorage() (bool, string) { return b.noTask == "", b.noTask }
 
 // LoadStorageBench loads the programs and maps.
 func LoadStorageBench() (*StorageBench, error) {
@@ -66,6 +83,25 @@ func LoadStorageBench() (*StorageBench, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage bench: %w", err)
 	}
+	b := &StorageBench{}
+	// Task storage is Linux 5.11's: without it the map cannot be made
+	// and its programs are left out.
+	if m, err := ebpf.NewMap(spec.Maps["task_map"]); err != nil {
+		b.noTask = fmt.Sprintf("task storage map: %v", err)
+	} else {
+		m.Close()
+	}
+	if b.noTask == "" {
+		if _, err := btf.LoadKernelSpec(); err != nil {
+			b.noTask = fmt.Sprintf("kernel BTF: %v", err)
+		}
+	}
+	if b.noTask != "" {
+		delete(spec.Maps, "task_map")
+		for _, op := range []StorageOp{StorageTaskCreate, StorageTaskLookup, StorageTaskDelete} {
+			delete(spec.Programs, string(op))
+		}
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -74,7 +110,8 @@ func LoadStorageBench() (*StorageBench, error) {
 		}
 		return nil, fmt.Errorf("storage bench: load: %w", err)
 	}
-	return &StorageBench{coll: coll}, nil
+	b.coll = coll
+	return b, nil
 }
 
 // testPacket is an Ethernet frame with an IPv4 header, what a cgroup_skb
@@ -117,8 +154,20 @@ func (b *StorageBench) Run(op StorageOp, n int) (StorageOpResult, error) {
 	if err := st.Put(uint32(0), storagebenchBenchState{SeqMask: batches - 1}); err != nil {
 		return res, fmt.Errorf("storage bench: reset state: %w", err)
 	}
+	run := &ebpf.RunOptions{Data: testPacket, Repeat: uint32(repeat)}
+	if op.tracing() {
+		// The test run calls bpf_fentry_test1 once, where the program
+		// is attached for the duration.
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			return res, fmt.Errorf("storage bench (%s): attach: %w", op, err)
+		}
+		defer l.Close()
+		run = &ebpf.RunOptions{}
+		calls *= repeat
+	}
 	for i := 0; i < calls; i++ {
-		if _, err := prog.Run(&ebpf.RunOptions{Data: testPacket, Repeat: uint32(repeat)}); err != nil {
+		if _, err := prog.Run(run); err != nil {
 			return res, fmt.Errorf("storage bench (%s): test run: %w", op, err)
 		}
 	}

@@ -35,6 +35,7 @@ const (
 	storagebenchMapSbState       = "sb_state"
 	storagebenchMapSkMap         = "sk_map"
 	storagebenchMapSkbMap        = "skb_map"
+	storagebenchMapTaskMap       = "task_map"
 	storagebenchProgEmptyBatch   = "empty_batch"
 	storagebenchProgEmptyOne     = "empty_one"
 	storagebenchProgMapDelete    = "map_delete"
@@ -43,6 +44,9 @@ const (
 	storagebenchProgSkCreate     = "sk_create"
 	storagebenchProgSkDelete     = "sk_delete"
 	storagebenchProgSkLookup     = "sk_lookup"
+	storagebenchProgTaskCreate   = "task_create"
+	storagebenchProgTaskDelete   = "task_delete"
+	storagebenchProgTaskLookup   = "task_lookup"
 	storagebenchVarUnusedSbState = "unused_sb_state"
 )
 
@@ -96,6 +100,9 @@ type storagebenchProgramSpecs struct {
 	SkCreate   *ebpf.ProgramSpec `ebpf:"sk_create"`
 	SkDelete   *ebpf.ProgramSpec `ebpf:"sk_delete"`
 	SkLookup   *ebpf.ProgramSpec `ebpf:"sk_lookup"`
+	TaskCreate *ebpf.ProgramSpec `ebpf:"task_create"`
+	TaskDelete *ebpf.ProgramSpec `ebpf:"task_delete"`
+	TaskLookup *ebpf.ProgramSpec `ebpf:"task_lookup"`
 }
 
 // storagebenchMapSpecs contains maps before they are loaded into the kernel.
@@ -105,6 +112,7 @@ type storagebenchMapSpecs struct {
 	SbState *ebpf.MapSpec `ebpf:"sb_state"`
 	SkMap   *ebpf.MapSpec `ebpf:"sk_map"`
 	SkbMap  *ebpf.MapSpec `ebpf:"skb_map"`
+	TaskMap *ebpf.MapSpec `ebpf:"task_map"`
 }
 
 // storagebenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -137,6 +145,7 @@ type storagebenchMaps struct {
 	SbState *ebpf.Map `ebpf:"sb_state"`
 	SkMap   *ebpf.Map `ebpf:"sk_map"`
 	SkbMap  *ebpf.Map `ebpf:"skb_map"`
+	TaskMap *ebpf.Map `ebpf:"task_map"`
 }
 
 func (m *storagebenchMaps) Close() error {
@@ -144,6 +153,7 @@ func (m *storagebenchMaps) Close() error {
 		m.SbState,
 		m.SkMap,
 		m.SkbMap,
+		m.TaskMap,
 	)
 }
 
@@ -166,6 +176,9 @@ type storagebenchPrograms struct {
 	SkCreate   *ebpf.Program `ebpf:"sk_create"`
 	SkDelete   *ebpf.Program `ebpf:"sk_delete"`
 	SkLookup   *ebpf.Program `ebpf:"sk_lookup"`
+	TaskCreate *ebpf.Program `ebpf:"task_create"`
+	TaskDelete *ebpf.Program `ebpf:"task_delete"`
+	TaskLookup *ebpf.Program `ebpf:"task_lookup"`
 }
 
 func (p *storagebenchPrograms) Close() error {
@@ -178,6 +191,9 @@ func (p *storagebenchPrograms) Close() error {
 		p.SkCreate,
 		p.SkDelete,
 		p.SkLookup,
+		p.TaskCreate,
+		p.TaskDelete,
+		p.TaskLookup,
 	)
 }
 
