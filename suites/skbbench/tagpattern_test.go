@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/skbstore/skbstore/bpf"
 	"github.com/skbstore/skbstore/suites/internal/artifacts"
 	"github.com/skbstore/skbstore/suites/internal/testenv"
@@ -26,35 +23,6 @@ func tagTrial(p *testenv.VethPair) (trial, error) {
 		binary.BigEndian.PutUint32(msg, 0x54414746) // "TAGF"
 		binary.BigEndian.PutUint32(msg[4:], uint32(i))
 	})
-}
-
-// attachIngress puts prog on dev's clsact ingress in ns and returns how to
-// take it off again.
-func attachIngress(p *testenv.VethPair, dev string, fd int) (func() error, error) {
-	h, err := netlink.NewHandleAt(p.B, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
-	}
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		h.Close()
-		return nil, err
-	}
-	qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
-	if err := h.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		h.Close()
-		return nil, fmt.Errorf("add clsact: %w", err)
-	}
-	filter := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
-		Fd: fd, Name: "tagflow", DirectAction: true}
-	if err := h.FilterAdd(filter); err != nil {
-		h.Close()
-		return nil, fmt.Errorf("attach tc: %w", err)
-	}
-	return func() error {
-		defer h.Close()
-		return h.QdiscDel(qdisc)
-	}, nil
 }
 
 // TestTagPatternCost: what carrying a per-packet tag from tc ingress to the
@@ -90,7 +58,7 @@ func TestTagPatternCost(t *testing.T) {
 					err = tf.AttachCgroup("/sys/fs/cgroup")
 				}
 				if err == nil {
-					detach, err = attachIngress(pair, "skbst1", tf.IngressWriter().FD())
+					detach, err = testenv.AttachTC(pair.B, "skbst1", tf.IngressWriter().FD(), true, 1)
 				}
 				if err != nil {
 					tf.Close()

@@ -114,29 +114,11 @@ func attachTC(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, i
 }
 
 // attachTCAt attaches prog at a priority (and handle) of the hook; lower
-// runs first.
+// runs first. It goes with the namespace.
 func attachTCAt(t *testing.T, ns netns.NsHandle, dev string, prog *ebpf.Program, ingress bool, prio uint16) {
 	t.Helper()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	_, err := testenv.AttachTC(ns, dev, prog.FD(), ingress, prio)
 	require.NoError(t, err)
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	require.NoError(t, err)
-	qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
-	if err := h.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		t.Fatalf("add clsact to %s: %v", dev, err)
-	}
-	parent := uint32(netlink.HANDLE_MIN_EGRESS)
-	if ingress {
-		parent = netlink.HANDLE_MIN_INGRESS
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs:  netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: uint32(prio), Protocol: unix.ETH_P_ALL, Priority: prio},
-		Fd:           prog.FD(),
-		Name:         "tagflow",
-		DirectAction: true,
-	}
-	require.NoError(t, h.FilterAdd(filter), "attach tc program to %s", dev)
 }
 
 // sendUDP sends n datagrams of size bytes from src to dst:port and returns
