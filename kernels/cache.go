@@ -299,19 +299,9 @@ func (c *Cache) resolve(ctx context.Context, s spec, series debSeries, repo *apt
 	var updateErr error
 	age, fresh := repo.listsAge()
 	if !c.Offline && (!fresh || age > c.maxAge() || (c.Refresh && age > time.Since(start))) {
-		suites := make([]string, len(series.suites))
-		for i, su := range series.suites {
-			suites[i] = su.name
-		}
-		c.logf("updating Debian package lists for %s (%s)", series.version, strings.Join(suites, ", "))
-		t := time.Now()
-		updateErr = repo.update(ctx, c.validUntilOff(), func(msg string) { c.logf("warning: %s", msg) })
-		c.count(func(st *Stats) { st.Updates++ })
+		updateErr = c.updateLists(ctx, series, repo)
 		if ctx.Err() != nil {
 			return resolution{}, ctx.Err()
-		}
-		if updateErr == nil {
-			c.logf("updated package lists for %s in %.1fs", series.version, time.Since(t).Seconds())
 		}
 	}
 	res, err := c.resolveFromLists(ctx, s, series, repo, skip)
@@ -331,6 +321,23 @@ func (c *Cache) resolve(ctx context.Context, s spec, series debSeries, repo *apt
 		return resolution{}, fmt.Errorf("record resolution: %w", err)
 	}
 	return res, nil
+}
+
+// updateLists runs apt-get update for the series, saying so on Progress.
+// The caller holds the series' apt lock.
+func (c *Cache) updateLists(ctx context.Context, series debSeries, repo *aptRepo) error {
+	suites := make([]string, len(series.suites))
+	for i, su := range series.suites {
+		suites[i] = su.name
+	}
+	c.logf("updating Debian package lists for %s (%s)", series.version, strings.Join(suites, ", "))
+	t := time.Now()
+	err := repo.update(ctx, c.validUntilOff(), func(msg string) { c.logf("warning: %s", msg) })
+	c.count(func(st *Stats) { st.Updates++ })
+	if err == nil {
+		c.logf("updated package lists for %s in %.1fs", series.version, time.Since(t).Seconds())
+	}
+	return err
 }
 
 // resolveFromLists picks the newest linux-image package of the series and

@@ -172,11 +172,9 @@ func (c *Cache) findDebugPackage(ctx context.Context, series debSeries, repo *ap
 		if updated {
 			return PackageRef{}, fmt.Errorf("%w: the archive lists no %s %s (the debug package of %s)", ErrNoSymbols, name, image.Version, image.Name)
 		}
-		c.logf("updating Debian package lists for %s", series.version)
-		if err := repo.update(ctx, c.validUntilOff(), func(msg string) { c.logf("warning: %s", msg) }); err != nil {
+		if err := c.updateLists(ctx, series, repo); err != nil {
 			return PackageRef{}, fmt.Errorf("update package lists: %w", err)
 		}
-		c.count(func(st *Stats) { st.Updates++ })
 	}
 }
 
