@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 )
@@ -90,11 +89,6 @@ func LoadStorageBench() (*StorageBench, error) {
 		b.noTask = fmt.Sprintf("task storage map: %v", err)
 	} else {
 		m.Close()
-	}
-	if b.noTask == "" {
-		if _, err := btf.LoadKernelSpec(); err != nil {
-			b.noTask = fmt.Sprintf("kernel BTF: %v", err)
-		}
 	}
 	if b.noTask != "" {
 		delete(spec.Maps, "task_map")
