@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
@@ -137,4 +138,29 @@ func readFrames(t *testing.T, b *bytes.Buffer, key []byte) []proto.Frame {
 		require.NoError(t, err)
 		frames = append(frames, f)
 	}
+}
+
+func TestStaticNodes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mknod needs root")
+	}
+	dir := t.TempDir()
+	devname := filepath.Join(dir, "modules.devname")
+	require.NoError(t, os.WriteFile(devname, []byte("# Device nodes to trigger on-demand module loading.\ntun net/tun c10:200\nloop loop-control c10:237\nevil ../../escape c10:1\nbad what x1:2\n"), 0o644))
+	dev := filepath.Join(dir, "dev")
+	require.NoError(t, staticNodes(devname, dev))
+	for _, tc := range []struct {
+		path         string
+		major, minor uint32
+	}{{"net/tun", 10, 200}, {"loop-control", 10, 237}, {"escape", 10, 1}} {
+		var st unix.Stat_t
+		require.NoError(t, unix.Stat(filepath.Join(dev, tc.path), &st), tc.path)
+		assert.Equal(t, uint32(unix.S_IFCHR), st.Mode&unix.S_IFMT, tc.path)
+		assert.Equal(t, tc.major, unix.Major(st.Rdev), tc.path)
+		assert.Equal(t, tc.minor, unix.Minor(st.Rdev), tc.path)
+	}
+	_, err := os.Stat(filepath.Join(dir, "escape"))
+	assert.True(t, os.IsNotExist(err), "a name cannot climb out of dev")
+	require.NoError(t, staticNodes(devname, dev), "existing nodes are left alone")
+	require.NoError(t, staticNodes(filepath.Join(dir, "none"), dev), "no modules.devname, nothing to do")
 }

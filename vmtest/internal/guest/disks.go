@@ -5,6 +5,7 @@ package guest
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,6 +44,9 @@ func (a *agent) mountDisks(disks []proto.Disk) {
 		if strings.HasPrefix(d.Dir, "/lib/modules/") {
 			if err := serveModprobe(); err != nil {
 				a.faultf("modprobe for the kernel: %v", err)
+			}
+			if err := staticNodes(filepath.Join(d.Dir, "modules.devname"), "/dev"); err != nil {
+				a.faultf("device nodes of modules: %v", err)
 			}
 		}
 	}
@@ -148,4 +152,43 @@ func blockDevices() string {
 		return "no block device"
 	}
 	return strings.Join(names, ", ")
+}
+
+// staticNodes makes the device nodes modules.devname lists (/dev/net/tun,
+// /dev/fuse, ...), as `kmod static-nodes` does at a host's boot: opening
+// one makes the kernel ask modprobe for its module (char-major-10-200),
+// which a test relies on when it opens /dev/net/tun without loading tun.
+// Nodes that exist are left alone.
+func staticNodes(devname, dev string) error {
+	b, err := os.ReadFile(devname)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		var kind byte
+		var major, minor uint32
+		if _, err := fmt.Sscanf(f[2], "%c%d:%d", &kind, &major, &minor); err != nil || (kind != 'c' && kind != 'b') {
+			continue
+		}
+		// The name is the kernel's, below /dev; nothing climbs out.
+		path := filepath.Join(dev, filepath.Clean("/"+f[1]))
+		mode := uint32(unix.S_IFCHR)
+		if kind == 'b' {
+			mode = unix.S_IFBLK
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mknod(path, mode|0o600, int(unix.Mkdev(major, minor))); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("mknod %s: %w", path, err)
+		}
+	}
+	return nil
 }

@@ -303,8 +303,15 @@ func TestAutoload(t *testing.T) {
 	if err := addFlower(link.Index); err != nil {
 		t.Fatalf("add flower filter (module cls_flower): %v", err)
 	}
+	// As on a host (kmod static-nodes): /dev/net/tun exists before tun is
+	// loaded, and opening it loads it (char-major-10-200).
+	tun, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("open /dev/net/tun (module tun): %v", err)
+	}
+	tun.Close()
 	mods, _ := os.ReadFile("/proc/modules")
-	for _, m := range []string{"geneve", "sch_ingress", "cls_flower"} {
+	for _, m := range []string{"geneve", "sch_ingress", "cls_flower", "tun"} {
 		if !strings.Contains(string(mods), m+" ") {
 			t.Errorf("module %s is not loaded:\n%s", m, mods)
 		}
