@@ -69,6 +69,20 @@ type BaseOptions struct {
 	// about 0.1-0.2 s a boot: a second Go program to start, and ten cgroup
 	// v1 mounts.
 	Init string
+	// Arch is the guest's GOARCH (amd64, arm64): the agent and commands are
+	// built for it. Empty means $GOARCH, else the host's.
+	Arch string
+}
+
+// arch is the GOARCH the image is built for.
+func (o BaseOptions) arch() string {
+	if o.Arch != "" {
+		return o.Arch
+	}
+	if a := os.Getenv("GOARCH"); a != "" {
+		return a
+	}
+	return runtime.GOARCH
 }
 
 // DefaultCommands are the commands a guest gets unless told otherwise: what
@@ -106,6 +120,10 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 		if opts.Self == "" || opts.Init == InitURoot {
 			return "", fmt.Errorf("base image: %w", err)
 		}
+		if opts.arch() != runtime.GOARCH {
+			// The program itself is the agent only for its own architecture.
+			return "", fmt.Errorf("base image for %s guests: the agent must be built for %s, from source: %w", opts.arch(), opts.arch(), err)
+		}
 		return selfBase(ctx, opts, progress)
 	}
 	// The agent alone: u-root's init is not needed, and every megabyte of
@@ -125,7 +143,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if cmds == nil {
 		cmds = DefaultCommands
 	}
-	key, err := sourceKey(ctx, src, append(append([]string(nil), pkgs...), cmds...))
+	key, err := sourceKey(ctx, src, opts.arch(), append(append([]string(nil), pkgs...), cmds...))
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -151,7 +169,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	tmp := filepath.Join(tmpDir, "base.cpio")
 
-	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()), golang.WithWorkingDir(src), golang.WithBuildTag(buildTags))
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(opts.arch()), golang.WithWorkingDir(src), golang.WithBuildTag(buildTags))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
 	// u-root's builder takes no context. It runs on its own so that a
 	// cancelled build returns at once; it then finishes (or fails) in the
@@ -232,13 +250,6 @@ func pruneImages(dir string, cutoff time.Time) {
 	}
 }
 
-func goarch() string {
-	if a := os.Getenv("GOARCH"); a != "" {
-		return a
-	}
-	return runtime.GOARCH
-}
-
 // SourceDir finds a directory from which this project's packages build: dir
 // if set, else $VMTEST_SRC, else the current directory's module when it is
 // this project or requires it.
@@ -279,10 +290,10 @@ type listedPackage struct {
 // sourceKey hashes everything the base image is built from: the Go version,
 // the versions of dependency modules and the content of local sources. It
 // costs one `go list`, much less than building.
-func sourceKey(ctx context.Context, dir string, pkgs []string) (string, error) {
+func sourceKey(ctx context.Context, dir, goarch string, pkgs []string) (string, error) {
 	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-tags", buildTags, "-deps", "-json"}, pkgs...)...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch())
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -290,7 +301,7 @@ func sourceKey(ctx context.Context, dir string, pkgs []string) (string, error) {
 		return "", fmt.Errorf("go list guest packages in %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "vmtest-base-v2 %s %s %s\n", goVersion(ctx), goarch(), buildTags)
+	fmt.Fprintf(h, "vmtest-base-v2 %s %s %s\n", goVersion(ctx), goarch, buildTags)
 	dec := json.NewDecoder(bytes.NewReader(out))
 	var lines []string
 	for dec.More() {

@@ -219,7 +219,7 @@ func buildCommands(ctx context.Context, opts BaseOptions, version string, cmds [
 		return err
 	}
 	fmt.Fprintf(progress, "building the guest's commands from u-root %s (once)...\n", version)
-	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(goarch()),
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(opts.arch()),
 		golang.WithGOROOT(goroot), golang.WithWorkingDir(dir), golang.WithMod("mod"), golang.WithBuildTag(buildTags))
 	buildOpts := &golang.BuildOpts{ExtraArgs: []string{"-trimpath", "-ldflags=-s -w"}}
 	var log strings.Builder

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,13 +23,20 @@ var debianKeyrings = []string{
 	"/usr/share/keyrings/debian-archive-keyring.pgp",
 }
 
-// aptRepo is a private apt setup for one kernel series under the cache:
-// its own apt.conf (read through APT_CONFIG, so none of the host's apt
-// configuration, hooks or pinning apply), sources.list, lists and cache.
+// aptRepo is a private apt setup for one kernel series and architecture
+// under the cache: its own apt.conf (read through APT_CONFIG, so none of the
+// host's apt configuration, hooks or pinning apply), sources.list, lists
+// and cache.
 type aptRepo struct {
 	dir     string
+	arch    string // Debian architecture of the lists: "amd64", "arm64"
+	label   string // for messages: "6.1", "6.1/arm64"
 	sources string // sources.list content
 }
+
+// lockName names the lock that guards the repo's lists: "apt-6.1",
+// "apt-6.1-arm64".
+func (a *aptRepo) lockName() string { return "apt-" + filepath.Base(a.dir) }
 
 // sourceID names the configured archive, so that a change of mirror or
 // keyring invalidates lists and resolutions made from the old one.
@@ -37,8 +45,15 @@ func (a *aptRepo) sourceID() string {
 	return hex.EncodeToString(h[:8])
 }
 
-func newAptRepo(c *Cache, s debSeries) (*aptRepo, error) {
-	opts := "arch=amd64 target=Packages pdiffs=no"
+// newAptRepo sets up (in memory) the private apt of a series for arch.
+// amd64's lives in apt/<series> (as it did before other architectures),
+// another's in apt/<series>-<arch>: the lists of one architecture are no
+// use to another.
+func newAptRepo(c *Cache, s debSeries, arch string) (*aptRepo, error) {
+	if !slices.Contains(Arches(), arch) {
+		return nil, fmt.Errorf("architecture %q: want one of %s", arch, strings.Join(Arches(), ", "))
+	}
+	opts := "arch=" + arch + " target=Packages pdiffs=no"
 	if c.insecureArchive {
 		opts += " trusted=yes" // tests: a local unsigned archive
 	} else {
@@ -64,7 +79,11 @@ func newAptRepo(c *Cache, s debSeries) (*aptRepo, error) {
 		}
 		fmt.Fprintf(&b, "deb [%s] %s %s main\n", opts, mirror, suite.name)
 	}
-	return &aptRepo{dir: filepath.Join(c.kernelsDir(), "apt", s.version), sources: b.String()}, nil
+	dir := s.version
+	if arch != DefaultArch {
+		dir += "-" + arch
+	}
+	return &aptRepo{dir: filepath.Join(c.kernelsDir(), "apt", dir), arch: arch, label: s.version + archSuffix(arch), sources: b.String()}, nil
 }
 
 // setup writes the private configuration.
@@ -90,9 +109,9 @@ Dir::Cache "%[1]s/cache";
 Dir::Cache::srcpkgcache "";
 Acquire::Languages "none";
 Acquire::GzipIndexes "true";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-`, a.dir) + hostAptSettings()
+APT::Architecture "%[2]s";
+APT::Architectures { "%[2]s"; };
+`, a.dir, a.arch) + hostAptSettings()
 	if os.Geteuid() == 0 {
 		// apt would drop to _apt, which cannot write into a user's cache.
 		conf += "APT::Sandbox::User \"root\";\n"

@@ -93,26 +93,23 @@ func bzImageVersion(path string) (string, error) {
 // truncated download or a file that is no kernel fails with a message that
 // says so, before QEMU boots it into a triple fault that prints nothing: the
 // boot header must be there, and the file as long as the setup code and
-// the protected-mode kernel it announces.
+// the protected-mode kernel it announces. An arm64 Image fails it: CheckImage
+// checks a kernel image of any architecture.
 func CheckBzImage(path string) error {
-	f, err := os.Open(path)
+	hdr, st, err := readImageHeader(path)
 	if err != nil {
-		return fmt.Errorf("kernel: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("kernel: %w", err)
-	}
-	if st.IsDir() {
-		return fmt.Errorf("kernel %s is a directory, not a bzImage", path)
-	}
-	var hdr [bzHeaderSize]byte
-	if _, err := io.ReadFull(f, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("kernel %s: %d bytes is too small for a kernel image", path, st.Size())
+		if st != nil && st.IsDir() {
+			return fmt.Errorf("kernel %s is a directory, not a bzImage", path)
 		}
-		return fmt.Errorf("kernel %s: %w", path, err)
+		return err
+	}
+	return checkBzImage(path, hdr, st.Size())
+}
+
+// checkBzImage checks a file of size bytes whose first bytes are hdr.
+func checkBzImage(path string, hdr []byte, size int64) error {
+	if len(hdr) < bzHeaderSize {
+		return fmt.Errorf("kernel %s: %d bytes is too small for a kernel image", path, size)
 	}
 	if !bytes.Equal(hdr[bzMagicOff:bzMagicOff+4], bzMagic) {
 		return fmt.Errorf("kernel %s is not an x86 bzImage (no \"HdrS\" boot header): give a bzImage (arch/x86/boot/bzImage), not vmlinux or a compressed archive", path)
@@ -122,8 +119,8 @@ func CheckBzImage(path string) error {
 		setup = 4
 	}
 	want := (setup+1)*512 + int64(binary.LittleEndian.Uint32(hdr[bzSysSizeOff:bzSysSizeOff+4]))*16
-	if st.Size() < want {
-		return fmt.Errorf("kernel %s is truncated: %d bytes, its boot header says at least %d", path, st.Size(), want)
+	if size < want {
+		return fmt.Errorf("kernel %s is truncated: %d bytes, its boot header says at least %d", path, size, want)
 	}
 	return nil
 }

@@ -161,7 +161,10 @@ func (c *Cache) securityMirror() string {
 
 // Get returns the kernel a name stands for, fetching and verifying it if it
 // is not cached yet. A name is a version ("6.1", "7.2-generic": see
-// Available and Flavours) or a path to a local kernel (it contains a "/").
+// Available and Flavours) or an OCI tag, maybe followed by an architecture
+// ("6.12/arm64": see Arches and SplitArch; without one it is DefaultArch),
+// or a path to a local kernel (it contains a "/", and its image says its
+// architecture).
 func (c *Cache) Get(ctx context.Context, name string) (*Kernel, error) {
 	s, err := parseName(name)
 	if err != nil {
@@ -209,12 +212,12 @@ func (c *Cache) Resolve(ctx context.Context, name string) ([]PackageRef, error) 
 	if !ok || !s.debian() {
 		return nil, unknownVersionError(name, "")
 	}
-	repo, err := newAptRepo(c, series)
+	repo, err := newAptRepo(c, series, s.arch)
 	if err != nil {
 		return nil, fmt.Errorf("resolve kernel %s: %w", name, err)
 	}
 	res, err := c.resolve(ctx, s, series, repo, time.Now(), nil)
-	c.trimApt(series, repo)
+	c.trimApt(repo)
 	if err != nil {
 		return nil, fmt.Errorf("resolve kernel %s: %w", name, err)
 	}
@@ -223,7 +226,7 @@ func (c *Cache) Resolve(ctx context.Context, name string) ([]PackageRef, error) 
 
 func (c *Cache) getDebian(ctx context.Context, s spec, series debSeries) (*Kernel, error) {
 	start := time.Now()
-	repo, err := newAptRepo(c, series)
+	repo, err := newAptRepo(c, series, s.arch)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +246,7 @@ func (c *Cache) getDebian(ctx context.Context, s spec, series debSeries) (*Kerne
 		}
 		k, err := c.fetch(ctx, s, res, repo)
 		if !errors.Is(err, errNotDownloadable) || len(skip) >= maxSkipped {
-			c.trimApt(series, repo)
+			c.trimApt(repo)
 			return k, err
 		}
 		main := res.Packages[0]
@@ -252,11 +255,11 @@ func (c *Cache) getDebian(ctx context.Context, s spec, series debSeries) (*Kerne
 	}
 }
 
-// trimApt shrinks the series' apt state unless another Get is using it.
-func (c *Cache) trimApt(series debSeries, repo *aptRepo) {
+// trimApt shrinks the repo's apt state unless another Get is using it.
+func (c *Cache) trimApt(repo *aptRepo) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	unlock, err := lockFile(ctx, c.lockPath("apt-"+series.version), "", io.Discard)
+	unlock, err := lockFile(ctx, c.lockPath(repo.lockName()), "", io.Discard)
 	if err != nil {
 		return
 	}
@@ -265,13 +268,17 @@ func (c *Cache) trimApt(series debSeries, repo *aptRepo) {
 }
 
 // maxSkipped bounds how many listed-but-missing versions Get steps over.
-const maxSkipped = 5
+// Eleven have been seen at once: bullseye-security listed the arm64
+// kernels 5.10.0-39 to -46 (signed and unsigned) and served none of them,
+// so 5.10/arm64 came from bullseye's 5.10.0-32. Each costs one request.
+const maxSkipped = 16
 
 // resolve finds the exact packages for a name, updating the package lists
-// if they are older than MaxAge. One process at a time per series.
+// if they are older than MaxAge. One process at a time per series and
+// architecture.
 // Packages in skip ("name=version") are known not to be downloadable.
 func (c *Cache) resolve(ctx context.Context, s spec, series debSeries, repo *aptRepo, start time.Time, skip map[string]bool) (resolution, error) {
-	unlock, err := lockFile(ctx, c.lockPath("apt-"+series.version), "to update the package lists of "+series.version, c.progress())
+	unlock, err := lockFile(ctx, c.lockPath(repo.lockName()), "to update the package lists of "+repo.label, c.progress())
 	if err != nil {
 		return resolution{}, err
 	}
@@ -330,18 +337,19 @@ func (c *Cache) updateLists(ctx context.Context, series debSeries, repo *aptRepo
 	for i, su := range series.suites {
 		suites[i] = su.name
 	}
-	c.logf("updating Debian package lists for %s (%s)", series.version, strings.Join(suites, ", "))
+	c.logf("updating Debian package lists for %s (%s)", repo.label, strings.Join(suites, ", "))
 	t := time.Now()
 	err := repo.update(ctx, c.validUntilOff(), func(msg string) { c.logf("warning: %s", msg) })
 	c.count(func(st *Stats) { st.Updates++ })
 	if err == nil {
-		c.logf("updated package lists for %s in %.1fs", series.version, time.Since(t).Seconds())
+		c.logf("updated package lists for %s in %.1fs", repo.label, time.Since(t).Seconds())
 	}
 	return err
 }
 
-// resolveFromLists picks the newest linux-image package of the series and
-// flavour, plus the packages a split (7.x) kernel consists of.
+// resolveFromLists picks the newest linux-image package of the series,
+// flavour and architecture, plus the packages a split (7.x) kernel consists
+// of.
 func (c *Cache) resolveFromLists(ctx context.Context, s spec, series debSeries, repo *aptRepo, skip map[string]bool) (resolution, error) {
 	if !repo.hasLists() {
 		return resolution{}, errors.New("no Debian package lists (apt-get update never succeeded)")
@@ -350,7 +358,7 @@ func (c *Cache) resolveFromLists(ctx context.Context, s spec, series debSeries, 
 	if err != nil {
 		return resolution{}, err
 	}
-	re := imagePackageRE(series.version, s.flavour)
+	re := imagePackageRE(series.version, s.flavour, s.arch)
 	var matching []string
 	for _, n := range names {
 		if re.MatchString(n) {
@@ -425,6 +433,10 @@ func (c *Cache) lockForFetch(ctx context.Context, s spec, res resolution, what s
 		unlock()
 		return k, nil, nil
 	}
+	if m, merr := readTreeMeta(c.treeDir(res.Key)); merr == nil && m.arch() != s.arch {
+		unlock()
+		return nil, nil, fmt.Errorf("%s is an %s kernel, not %s", what, m.arch(), s.arch)
+	}
 	if _, statErr := os.Stat(c.treeDir(res.Key)); statErr == nil {
 		c.logf("cached %s is unusable (%v); fetching it again", res.Key, err)
 	}
@@ -456,12 +468,15 @@ func (c *Cache) fetch(ctx context.Context, s spec, res resolution, repo *aptRepo
 	defer os.RemoveAll(stage) // gone already once installed
 	c.logf("extracting %s", res.Key)
 	t := time.Now()
-	release, err := assembleTree(ctx, stage, debs)
+	release, arch, err := assembleTree(ctx, stage, debs)
 	if err != nil {
 		return nil, err
 	}
 	if want := releaseFromPackage(res.Packages[0].Name); release != want {
 		return nil, fmt.Errorf("%s holds kernel release %s, its name says %s", res.Packages[0].Name, release, want)
+	}
+	if arch != s.arch {
+		return nil, fmt.Errorf("%s holds an %s kernel image, not %s", res.Packages[0].Name, arch, s.arch)
 	}
 	depmod, err := makeModulesDep(ctx, stage, release, c.depmodMode, c.progress())
 	if err != nil {
@@ -471,7 +486,7 @@ func (c *Cache) fetch(ctx context.Context, s spec, res resolution, repo *aptRepo
 	if err != nil {
 		return nil, err
 	}
-	m.Name, m.Key, m.Source, m.Packages, m.Depmod = s.canonical(), res.Key, SourceDebian, res.Packages, depmod
+	m.Name, m.Key, m.Source, m.Packages, m.Depmod, m.Arch = s.canonical(), res.Key, SourceDebian, res.Packages, depmod, arch
 	if err := writeMarker(stage, m); err != nil {
 		return nil, err
 	}
@@ -523,7 +538,7 @@ func (c *Cache) ensureDebs(ctx context.Context, repo *aptRepo, refs []PackageRef
 	}
 	// apt must not read the lists while a concurrent Get of another kernel
 	// of this series updates them.
-	unlock, err := lockFile(ctx, c.lockPath("apt-"+filepath.Base(repo.dir)), "to use the package lists of "+filepath.Base(repo.dir), c.progress())
+	unlock, err := lockFile(ctx, c.lockPath(repo.lockName()), "to use the package lists of "+repo.label, c.progress())
 	if err != nil {
 		return nil, err
 	}

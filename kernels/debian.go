@@ -42,15 +42,17 @@ func findSeries(version string) (debSeries, bool) {
 	return debSeries{}, false
 }
 
-// imagePackageRE matches the linux-image packages of one series and
-// flavour: linux-image-5.10.0-46-cloud-amd64-unsigned,
-// linux-image-6.12.115+deb13.1-cloud-amd64, linux-image-7.3-cloud-amd64. The
-// ABI part has no letters but "deb"/"rc", so "-amd64" (generic) does not
-// match the cloud or rt packages.
-func imagePackageRE(version, flavour string) *regexp.Regexp {
+// imagePackageRE matches the linux-image packages of one series, flavour
+// and architecture: linux-image-5.10.0-46-cloud-amd64-unsigned,
+// linux-image-6.12.115+deb13.1-cloud-amd64, linux-image-7.3-cloud-amd64,
+// linux-image-6.1.0-41-cloud-arm64. The ABI part has no letters but
+// "deb"/"rc", so "-amd64" (generic) does not match the cloud or rt
+// packages, and the name must end in the architecture (or -unsigned), so
+// "-arm64" does not match arm64's -arm64-16k flavour.
+func imagePackageRE(version, flavour, arch string) *regexp.Regexp {
 	return regexp.MustCompile(`^linux-image-` + regexp.QuoteMeta(version) +
 		`(?:\.[0-9]+)*(?:-rc[0-9]+)?(?:-[0-9]+)?(?:\+deb[0-9]+(?:\.[0-9]+)?)?-` +
-		regexp.QuoteMeta(flavourSuffix[flavour]) + `(?:-unsigned)?$`)
+		regexp.QuoteMeta(flavourSuffix(flavour, arch)) + `(?:-unsigned)?$`)
 }
 
 // rankImages orders candidate packages best first: newest version first

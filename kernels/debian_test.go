@@ -37,31 +37,42 @@ func TestCompareDebVersions(t *testing.T) {
 
 func TestImagePackageRE(t *testing.T) {
 	for _, tc := range []struct {
-		version, flavour, pkg string
-		match                 bool
+		version, flavour, arch, pkg string
+		match                       bool
 	}{
-		{"5.10", "cloud", "linux-image-5.10.0-46-cloud-amd64-unsigned", true},
-		{"5.10", "cloud", "linux-image-5.10.0-46-cloud-amd64", true},
-		{"5.10", "cloud", "linux-image-5.10.0-46-cloud-amd64-dbg", false},
-		{"6.1", "cloud", "linux-image-6.1.0-56-cloud-amd64-unsigned", true},
-		{"6.1", "cloud", "linux-image-6.12.118+deb13-cloud-amd64-unsigned", false},
-		{"6.1", "cloud", "linux-image-6.1.0-56-amd64-unsigned", false},
-		{"6.1", "generic", "linux-image-6.1.0-56-amd64-unsigned", true},
-		{"6.1", "generic", "linux-image-6.1.0-56-cloud-amd64-unsigned", false},
-		{"6.1", "generic", "linux-image-6.1.0-56-rt-amd64-unsigned", false},
-		{"6.1", "rt", "linux-image-6.1.0-56-rt-amd64-unsigned", true},
-		{"6.12", "cloud", "linux-image-6.12.118+deb13-cloud-amd64-unsigned", true},
-		{"6.12", "cloud", "linux-image-6.12.115+deb13.1-cloud-amd64", true},
-		{"6.12", "cloud", "linux-image-6.12.117+deb12-cloud-amd64-unsigned", true},
-		{"7.2", "cloud", "linux-image-7.2.13+deb14-cloud-amd64", true},
-		{"7.2", "generic", "linux-image-7.2.13+deb14-amd64", true},
-		{"7.3", "cloud", "linux-image-7.3-cloud-amd64", true},
-		{"7.3", "generic", "linux-image-7.3-amd64", true},
-		{"7.3", "generic", "linux-image-7.3-cloud-amd64", false},
-		{"7.3", "cloud", "linux-image-cloud-amd64", false},
+		{"5.10", "cloud", "amd64", "linux-image-5.10.0-46-cloud-amd64-unsigned", true},
+		{"5.10", "cloud", "amd64", "linux-image-5.10.0-46-cloud-amd64", true},
+		{"5.10", "cloud", "amd64", "linux-image-5.10.0-46-cloud-amd64-dbg", false},
+		{"6.1", "cloud", "amd64", "linux-image-6.1.0-56-cloud-amd64-unsigned", true},
+		{"6.1", "cloud", "amd64", "linux-image-6.12.118+deb13-cloud-amd64-unsigned", false},
+		{"6.1", "cloud", "amd64", "linux-image-6.1.0-56-amd64-unsigned", false},
+		{"6.1", "generic", "amd64", "linux-image-6.1.0-56-amd64-unsigned", true},
+		{"6.1", "generic", "amd64", "linux-image-6.1.0-56-cloud-amd64-unsigned", false},
+		{"6.1", "generic", "amd64", "linux-image-6.1.0-56-rt-amd64-unsigned", false},
+		{"6.1", "rt", "amd64", "linux-image-6.1.0-56-rt-amd64-unsigned", true},
+		{"6.12", "cloud", "amd64", "linux-image-6.12.118+deb13-cloud-amd64-unsigned", true},
+		{"6.12", "cloud", "amd64", "linux-image-6.12.115+deb13.1-cloud-amd64", true},
+		{"6.12", "cloud", "amd64", "linux-image-6.12.117+deb12-cloud-amd64-unsigned", true},
+		{"7.2", "cloud", "amd64", "linux-image-7.2.13+deb14-cloud-amd64", true},
+		{"7.2", "generic", "amd64", "linux-image-7.2.13+deb14-amd64", true},
+		{"7.3", "cloud", "amd64", "linux-image-7.3-cloud-amd64", true},
+		{"7.3", "generic", "amd64", "linux-image-7.3-amd64", true},
+		{"7.3", "generic", "amd64", "linux-image-7.3-cloud-amd64", false},
+		{"7.3", "cloud", "amd64", "linux-image-cloud-amd64", false},
+		{"6.1", "cloud", "arm64", "linux-image-6.1.0-56-cloud-arm64-unsigned", true},
+		{"6.1", "cloud", "arm64", "linux-image-6.1.0-56-cloud-arm64", true},
+		{"6.1", "cloud", "arm64", "linux-image-6.1.0-56-cloud-amd64", false},
+		{"6.1", "cloud", "amd64", "linux-image-6.1.0-56-cloud-arm64", false},
+		{"6.1", "generic", "arm64", "linux-image-6.1.0-56-arm64", true},
+		{"6.1", "generic", "arm64", "linux-image-6.1.0-56-cloud-arm64", false},
+		{"6.1", "generic", "arm64", "linux-image-6.1.0-56-arm64-16k", false},
+		{"6.1", "rt", "arm64", "linux-image-6.1.0-56-rt-arm64", true},
+		{"6.12", "cloud", "arm64", "linux-image-6.12.117+deb13-cloud-arm64", true},
+		{"7.2", "cloud", "arm64", "linux-image-7.2.13+deb14-cloud-arm64", true},
+		{"5.10", "cloud", "arm64", "linux-image-5.10.0-32-cloud-arm64-dbg", false},
 	} {
-		t.Run(tc.flavour+"/"+tc.pkg, func(t *testing.T) {
-			assert.Equal(t, tc.match, imagePackageRE(tc.version, tc.flavour).MatchString(tc.pkg))
+		t.Run(tc.flavour+"/"+tc.arch+"/"+tc.pkg, func(t *testing.T) {
+			assert.Equal(t, tc.match, imagePackageRE(tc.version, tc.flavour, tc.arch).MatchString(tc.pkg))
 		})
 	}
 }

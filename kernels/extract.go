@@ -29,10 +29,10 @@ func treeModulesRel(release string) string { return filepath.Join("lib", "module
 
 // assembleTree unpacks the .deb files into stage and lays them out with
 // arrangeTree.
-func assembleTree(ctx context.Context, stage string, debs []string) (release string, err error) {
+func assembleTree(ctx context.Context, stage string, debs []string) (release, arch string, err error) {
 	dpkgDeb, err := exec.LookPath("dpkg-deb")
 	if err != nil {
-		return "", errors.New("dpkg-deb not found: fetching Debian kernels needs it (install the dpkg package, or use a local kernel path)")
+		return "", "", errors.New("dpkg-deb not found: fetching Debian kernels needs it (install the dpkg package, or use a local kernel path)")
 	}
 	raw := filepath.Join(stage, "raw")
 	for _, deb := range debs {
@@ -41,9 +41,9 @@ func assembleTree(ctx context.Context, stage string, debs []string) (release str
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
 			if ctx.Err() != nil {
-				return "", ctx.Err()
+				return "", "", ctx.Err()
 			}
-			return "", fmt.Errorf("dpkg-deb -x %s: %w: %s", deb, err, tail(stderr.String()))
+			return "", "", fmt.Errorf("dpkg-deb -x %s: %w: %s", deb, err, tail(stderr.String()))
 		}
 	}
 	return arrangeTree(stage, raw)
@@ -58,8 +58,44 @@ func assembleTree(ctx context.Context, stage string, debs []string) (release str
 // Debian's kernels up to 6.x ship boot/vmlinuz-<rel> and lib/modules/<rel>;
 // 7.x ships everything under usr/lib/modules/<rel>; OCI kernel images ship
 // boot/vmlinuz and maybe usr/lib/modules/<rel>. A kernel without modules
-// gets no lib/modules; its release comes from the bzImage header.
-func arrangeTree(stage, raw string) (release string, err error) {
+// gets no lib/modules; its release comes from the image (a bzImage's header,
+// an arm64 Image's banner). A gzip-compressed image (as arm64 kernels may
+// be packaged) is stored decompressed: vmlinuz is always an x86 bzImage or a
+// plain arm64 Image, whose architecture arrangeTree returns.
+func arrangeTree(stage, raw string) (release, arch string, err error) {
+	release, err = arrangeFiles(stage, raw)
+	if err != nil {
+		return "", "", err
+	}
+	img := filepath.Join(stage, treeImage)
+	if _, err := os.Stat(img); err != nil {
+		return "", "", fmt.Errorf("no kernel image (boot/vmlinuz*) found: %w", err)
+	}
+	if err := decompressImage(img); err != nil {
+		return "", "", err
+	}
+	hdr, _, err := readImageHeader(img)
+	if err != nil {
+		return "", "", err
+	}
+	if arch = headerArch(hdr); arch == "" {
+		what := "no \"HdrS\" at 0x202, no \"ARM\\x64\" at 0x38"
+		if kind := fileKind(hdr); kind != "" {
+			what = kind
+		}
+		return "", "", fmt.Errorf("kernel image is neither an x86 bzImage nor an arm64 Image (%s)", what)
+	}
+	if release == "" {
+		if release, err = imageRelease(img); err != nil {
+			return "", "", err
+		}
+	}
+	return release, arch, nil
+}
+
+// arrangeFiles does arrangeTree's moving; release is "" for a kernel
+// without modules.
+func arrangeFiles(stage, raw string) (release string, err error) {
 	modRoots := []string{filepath.Join(raw, "lib", "modules"), filepath.Join(raw, "usr", "lib", "modules")}
 	releases := map[string]bool{}
 	for _, r := range modRoots {
@@ -132,17 +168,6 @@ func arrangeTree(stage, raw string) (release string, err error) {
 	}
 	if err := os.RemoveAll(raw); err != nil {
 		return "", err
-	}
-	img := filepath.Join(stage, treeImage)
-	ok, err := isBzImage(img)
-	if err != nil {
-		return "", fmt.Errorf("no kernel image (boot/vmlinuz*) found: %w", err)
-	}
-	if !ok {
-		return "", errors.New("kernel image is not a bzImage (no HdrS magic)")
-	}
-	if release == "" {
-		return bzImageRelease(img)
 	}
 	return release, nil
 }

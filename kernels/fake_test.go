@@ -45,11 +45,17 @@ func fakeVmlinux(release string, debugInfo bool) []byte {
 
 // fakeVmlinuxBuild is fakeVmlinux with another UTS_VERSION.
 func fakeVmlinuxBuild(release, uts string, debugInfo bool) []byte {
+	return fakeVmlinuxFor(elf.EM_X86_64, release, uts, debugInfo)
+}
+
+// fakeVmlinuxFor is fakeVmlinuxBuild for another machine: the vmlinux of
+// fakeArm64ImageBuild is an EM_AARCH64 one.
+func fakeVmlinuxFor(machine elf.Machine, release, uts string, debugInfo bool) []byte {
 	secs := []elfSection{{".rodata", []byte("\x00Linux version " + release + " (test@example) (gcc 12.2.0) " + uts + "\n\x00")}}
 	if debugInfo {
 		secs = append(secs, elfSection{".debug_info", make([]byte, 64)})
 	}
-	return elfFile(elf.ET_EXEC, elf.EM_X86_64, secs...)
+	return elfFile(elf.ET_EXEC, machine, secs...)
 }
 
 // elfSection is one SHT_PROGBITS section of elfFile.
@@ -158,6 +164,60 @@ func fakeBzImage(release string, size int) []byte {
 	return b
 }
 
+// fakeArm64Image is a file laid out as an arm64 Image with an EFI stub (as
+// Debian's are): the 64-byte header, a PE header whose one section reaches
+// the end of the file, and in .rodata a format string that looks like a
+// banner, then the banner of release.
+func fakeArm64Image(release string, size int) []byte {
+	return fakeArm64ImageBuild(release, "#1 SMP", size)
+}
+
+// fakeArm64ImageBuild is fakeArm64Image with another UTS_VERSION.
+func fakeArm64ImageBuild(release, uts string, size int) []byte {
+	if size < 0x2000 {
+		size = 0x2000
+	}
+	b := make([]byte, size)
+	le := binary.LittleEndian
+	copy(b, "MZ")
+	le.PutUint64(b[arm64ImageSizeOff:], uint64(size)+0x10000) // with BSS
+	le.PutUint64(b[arm64FlagsOff:], 0xa)                      // little endian, 4K pages, anywhere
+	copy(b[arm64MagicOff:], arm64Magic)
+	le.PutUint32(b[arm64PEOff:], 0x40)
+	copy(b[0x40:], "PE\x00\x00")
+	le.PutUint16(b[0x44:], 0xaa64) // COFF: machine
+	le.PutUint16(b[0x46:], 1)      // one section
+	le.PutUint16(b[0x54:], 0)      // no optional header
+	sec := b[0x58:]                // the section table
+	copy(sec, ".text")
+	le.PutUint32(sec[16:], uint32(size-0x1000)) // SizeOfRawData
+	le.PutUint32(sec[20:], 0x1000)              // PointerToRawData
+	copy(b[0x1000:], "Linux version %s (%s)\x00Linux version "+release+" (test@example) (gcc-12 (Debian 12.2.0-14) 12.2.0, GNU ld (GNU Binutils) 2.40) "+uts+"\n\x00")
+	return b
+}
+
+// fakeImage is the image of a fake kernel: an arm64 Image if its release
+// says arm64 (as Debian's do: 6.1.0-41-cloud-arm64), else a bzImage.
+func fakeImage(release string, size int) []byte {
+	if archOfName(release) == "arm64" {
+		return fakeArm64Image(release, size)
+	}
+	return fakeBzImage(release, size)
+}
+
+// archOfName is the architecture of a fake package or release, by its name.
+func archOfName(name string) string {
+	if strings.Contains(name, "arm64") {
+		return "arm64"
+	}
+	return "amd64"
+}
+
+// gzipBytes compresses data with gzip.
+func gzipBytes(t testing.TB, data []byte) []byte {
+	return compress(t, ".ko.gz", data)
+}
+
 // fakeMod is one module of a fake kernel.
 type fakeMod struct {
 	rel     string // path under lib/modules/<release>, e.g. kernel/drivers/net/veth.ko
@@ -179,7 +239,7 @@ func fakeKernelFiles(t testing.TB, root, release string, split bool, mods []fake
 		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
 		require.NoError(t, os.WriteFile(p, data, 0o644))
 	}
-	write(image, fakeBzImage(release, imageSize))
+	write(image, fakeImage(release, imageSize))
 	write(config, []byte("# test config\nCONFIG_BPF_SYSCALL=y\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_VETH=m\n# CONFIG_FOO is not set\nCONFIG_LOCALVERSION=\"-test\"\n"))
 	var order []string
 	for _, m := range mods {
@@ -200,9 +260,10 @@ func compressFor(t testing.TB, rel string, data []byte) []byte {
 	return data
 }
 
-// buildDeb packs root into a .deb named name_version.
+// buildDeb packs root into a .deb named name_version, of the architecture
+// its name says.
 func buildDeb(t testing.TB, root, name, version, depends string) []byte {
-	ctl := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: test <test@example.com>\nDescription: test package\n", name, version)
+	ctl := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: %s\nMaintainer: test <test@example.com>\nDescription: test package\n", name, version, archOfName(name))
 	if depends != "" {
 		ctl += "Depends: " + depends + "\n"
 	}
@@ -220,12 +281,14 @@ func buildDeb(t testing.TB, root, name, version, depends string) []byte {
 // fakePkg is a package in the fake archive.
 type fakePkg struct {
 	name, version, depends, file string
+	arch                         string // Debian architecture: from the name (see archOfName)
 	data                         []byte
 }
 
 // fakeArchive is a local, unsigned Debian archive over HTTP, serving both
-// the main and the security archive (/debian and /debian-security). It
-// counts requests so tests can tell what touched the network.
+// the main and the security archive (/debian and /debian-security), with
+// amd64 and arm64 package lists. It counts requests so tests can tell what
+// touched the network.
 type fakeArchive struct {
 	t   testing.TB
 	srv *httptest.Server
@@ -235,7 +298,9 @@ type fakeArchive struct {
 	missing map[string]bool // pool files listed but answered 404
 	// validUntil, when set, goes in every Release file.
 	validUntil time.Time
-	requests   map[string]int // path -> count
+	// gzipArm64 makes addKernel gzip arm64 kernels' vmlinuz.
+	gzipArm64 bool
+	requests  map[string]int // path -> count
 }
 
 func newFakeArchive(t testing.TB) *fakeArchive {
@@ -257,8 +322,9 @@ func (a *fakeArchive) cache(dir string) *Cache {
 // add puts a package built from root into suite.
 func (a *fakeArchive) add(suite, name, version, depends, root string) fakePkg {
 	data := buildDeb(a.t, root, name, version, depends)
-	p := fakePkg{name: name, version: version, depends: depends, data: data,
-		file: "pool/main/l/linux/" + name + "_" + strings.ReplaceAll(version, ":", "%3a") + "_amd64.deb"}
+	arch := archOfName(name)
+	p := fakePkg{name: name, version: version, depends: depends, data: data, arch: arch,
+		file: "pool/main/l/linux/" + name + "_" + strings.ReplaceAll(version, ":", "%3a") + "_" + arch + ".deb"}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.suites[suite] = append(a.suites[suite], p)
@@ -270,6 +336,15 @@ func (a *fakeArchive) add(suite, name, version, depends, root string) fakePkg {
 func (a *fakeArchive) addKernel(suite, release, version string, split bool, mods []fakeMod, builtin []string) []fakePkg {
 	root := a.t.TempDir()
 	fakeKernelFiles(a.t, root, release, split, mods, builtin, 64*1024)
+	if a.gzipArm64 && archOfName(release) == "arm64" {
+		image := filepath.Join(root, "boot", "vmlinuz-"+release)
+		if split {
+			image = filepath.Join(root, "usr", "lib", "modules", release, "vmlinuz")
+		}
+		b, err := os.ReadFile(image)
+		require.NoError(a.t, err)
+		require.NoError(a.t, os.WriteFile(image, gzipBytes(a.t, b), 0o644))
+	}
 	if !split {
 		return []fakePkg{a.add(suite, "linux-image-"+release+"-unsigned", version, "", root)}
 	}
@@ -318,13 +393,19 @@ func (a *fakeArchive) hits(path string) int {
 	return a.requests[path]
 }
 
-func (a *fakeArchive) packagesIndex(suite string) []byte {
+// fakeArches are the architectures the fake archive has lists for.
+var fakeArches = []string{"amd64", "arm64"}
+
+func (a *fakeArchive) packagesIndex(suite, arch string) []byte {
 	var b bytes.Buffer
 	pkgs := a.suites[suite]
 	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].name < pkgs[j].name })
 	for _, p := range pkgs {
+		if p.arch != arch {
+			continue
+		}
 		sum := sha256.Sum256(p.data)
-		fmt.Fprintf(&b, "Package: %s\nVersion: %s\nArchitecture: amd64\n", p.name, p.version)
+		fmt.Fprintf(&b, "Package: %s\nVersion: %s\nArchitecture: %s\n", p.name, p.version, p.arch)
 		if p.depends != "" {
 			fmt.Fprintf(&b, "Depends: %s\n", p.depends)
 		}
@@ -362,20 +443,27 @@ func (a *fakeArchive) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	suite := f[1]
-	idx := a.packagesIndex(suite)
-	switch path.Join(f[2:]...) {
+	switch p := path.Join(f[2:]...); p {
 	case "Release":
-		sum := sha256.Sum256(idx)
 		date := time.Now().Add(-time.Hour)
 		if !a.validUntil.IsZero() {
 			date = a.validUntil.Add(-7 * 24 * time.Hour)
 			fmt.Fprintf(w, "Valid-Until: %s\n", a.validUntil.UTC().Format(time.RFC1123))
 		}
-		fmt.Fprintf(w, "Origin: test\nSuite: %s\nCodename: %s\nDate: %s\nArchitectures: amd64\nComponents: main\nSHA256:\n %s %d main/binary-amd64/Packages\n",
-			suite, suite, date.UTC().Format(time.RFC1123), hex.EncodeToString(sum[:]), len(idx))
-	case "main/binary-amd64/Packages":
-		w.Write(idx)
+		fmt.Fprintf(w, "Origin: test\nSuite: %s\nCodename: %s\nDate: %s\nArchitectures: %s\nComponents: main\nSHA256:\n",
+			suite, suite, date.UTC().Format(time.RFC1123), strings.Join(fakeArches, " "))
+		for _, arch := range fakeArches {
+			idx := a.packagesIndex(suite, arch)
+			sum := sha256.Sum256(idx)
+			fmt.Fprintf(w, " %s %d main/binary-%s/Packages\n", hex.EncodeToString(sum[:]), len(idx), arch)
+		}
 	default:
+		for _, arch := range fakeArches {
+			if p == "main/binary-"+arch+"/Packages" {
+				w.Write(a.packagesIndex(suite, arch))
+				return
+			}
+		}
 		http.NotFound(w, r)
 	}
 }

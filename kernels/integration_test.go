@@ -126,9 +126,32 @@ func TestIntegrationDebian61(t *testing.T) {
 	}
 }
 
+// TestIntegrationDebianArm64 fetches an arm64 kernel: a plain Image whose
+// banner names the release its package does.
+func TestIntegrationDebianArm64(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads a kernel from Debian's archive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c := &Cache{Dir: integrationDir(t), Progress: progressLogger{t, &syncBuffer{}}}
+	k, err := c.Get(ctx, "6.12/arm64")
+	require.NoError(t, err)
+	assert.Equal(t, "arm64", k.Arch)
+	require.NotEmpty(t, k.Packages)
+	assert.Regexp(t, `^linux-image-6\.12\.[0-9]+\+deb[0-9.]+-cloud-arm64(-unsigned)?$`, k.Packages[0].Name)
+	require.NoError(t, CheckImage(k.Image))
+	for _, opt := range []string{"BPF_JIT", "DEBUG_INFO_BTF", "SERIAL_AMBA_PL011_CONSOLE", "VIRTIO_PCI"} {
+		v, _, err := k.ConfigValue(opt)
+		require.NoError(t, err)
+		assert.Equal(t, "y", v, opt)
+	}
+	checkRealKernel(t, k)
+}
+
 // TestIntegrationResolveAll checks that Debian has a package for every
-// built-in version, from package lists only. With VMTEST_TEST_FETCH_ALL=1
-// it also fetches each kernel and checks it.
+// built-in version and architecture, from package lists only. With
+// VMTEST_TEST_FETCH_ALL=1 it also fetches each kernel and checks it.
 func TestIntegrationResolveAll(t *testing.T) {
 	if testing.Short() {
 		t.Skip("reads Debian's package lists over the network")
@@ -137,7 +160,13 @@ func TestIntegrationResolveAll(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	c := &Cache{Dir: integrationDir(t), Progress: progressLogger{t, &syncBuffer{}}}
-	for _, v := range Available() {
+	var names []string
+	for _, arch := range Arches() {
+		for _, v := range Available() {
+			names = append(names, v+archSuffix(arch))
+		}
+	}
+	for _, v := range names {
 		t.Run(v, func(t *testing.T) {
 			start := time.Now()
 			pkgs, err := c.Resolve(ctx, v)
@@ -146,7 +175,12 @@ func TestIntegrationResolveAll(t *testing.T) {
 			for _, p := range pkgs {
 				t.Logf("%s %s (%s) sha256 %s", p.Name, p.Version, mib(p.Size), p.SHA256)
 			}
-			assert.True(t, strings.HasPrefix(pkgs[0].Name, "linux-image-"+v), pkgs[0].Name)
+			base, arch := SplitArch(v)
+			if arch == "" {
+				arch = DefaultArch
+			}
+			assert.True(t, strings.HasPrefix(pkgs[0].Name, "linux-image-"+base), pkgs[0].Name)
+			assert.Contains(t, pkgs[0].Name, "-cloud-"+arch, pkgs[0].Name)
 			t.Logf("resolved in %v", time.Since(start))
 			if !fetch {
 				return
@@ -165,10 +199,11 @@ func TestIntegrationResolveAll(t *testing.T) {
 // checkRealKernel checks what every Debian kernel must offer the runner.
 func checkRealKernel(t *testing.T, k *Kernel) {
 	t.Helper()
-	ok, err := isBzImage(k.Image)
+	arch, err := ImageArch(k.Image)
 	require.NoError(t, err)
-	assert.True(t, ok)
-	rel, err := bzImageRelease(k.Image)
+	assert.Equal(t, k.Arch, arch)
+	require.NoError(t, CheckImage(k.Image))
+	rel, err := imageRelease(k.Image)
 	require.NoError(t, err)
 	assert.Equal(t, k.Release, rel)
 	v, _, err := k.ConfigValue("BPF_SYSCALL")

@@ -10,11 +10,12 @@ import (
 // Kernel is a bootable kernel on the host's disk: its image, config and
 // modules. Everything it points to stays valid while the cache entry exists.
 type Kernel struct {
-	Name       string       // what was asked for, e.g. "6.1"
+	Name       string       // what was asked for, e.g. "6.1", "6.12/arm64"
+	Arch       string       // architecture of the image (GOARCH's name): "amd64" or "arm64"
 	Release    string       // `uname -r` of this kernel, e.g. "6.1.0-47-cloud-amd64"
 	Source     string       // "debian", "local" or "oci"
 	Packages   []PackageRef // exact Debian packages used; for OCI the image (Version: digest), then its layers; nil for local
-	Image      string       // absolute path of the bootable bzImage/vmlinuz
+	Image      string       // absolute path of the bootable image: an x86 bzImage or a plain (uncompressed) arm64 Image
 	Config     string       // absolute path of the kernel config, "" if unknown
 	ModulesDir string       // absolute path of lib/modules/<Release> (has modules.dep), "" if none
 	Vmlinux    string       // absolute path of the vmlinux with debug info, "" until there is one (Cache.Symbols)

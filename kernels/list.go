@@ -11,7 +11,8 @@ import (
 
 // CachedKernel is one complete kernel in the cache.
 type CachedKernel struct {
-	Name      string       // canonical name, e.g. "6.1" or "6.1-generic"
+	Name      string       // canonical name, e.g. "6.1", "6.1-generic" or "6.12/arm64"
+	Arch      string       // architecture: "amd64" or "arm64"
 	Release   string       // `uname -r`
 	Source    string       // "debian" or "oci"
 	Version   string       // version of the main package (or the OCI digest)
@@ -38,7 +39,7 @@ func (c *Cache) List() ([]CachedKernel, error) {
 		if err != nil || checkTree(dir, m, false) != nil {
 			continue
 		}
-		ck := CachedKernel{Name: m.Name, Release: m.Release, Source: m.Source, Packages: m.Packages,
+		ck := CachedKernel{Name: m.Name, Arch: m.arch(), Release: m.Release, Source: m.Source, Packages: m.Packages,
 			Dir: dir, TreeSize: m.DiskBytes, FetchedAt: m.FetchedAt}
 		if len(m.Packages) > 0 {
 			ck.Version = m.Packages[0].Version

@@ -1,15 +1,19 @@
 package kernels
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // localKernel describes a kernel on the host's disk, used in place: a
-// bzImage file, or a directory holding one (vmlinuz, bzImage,
-// boot/vmlinuz-<release> or a build tree's arch/x86/boot/bzImage) with its
-// config and lib/modules/<release> nearby.
+// bzImage or arm64 Image file, or a directory holding one (vmlinuz,
+// bzImage, Image, boot/vmlinuz-<release> or a build tree's
+// arch/x86/boot/bzImage or arch/arm64/boot/Image) with its config and
+// lib/modules/<release> nearby. The image says the architecture.
 func localKernel(name, path string) (*Kernel, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -17,11 +21,16 @@ func localKernel(name, path string) (*Kernel, error) {
 	}
 	st, err := os.Stat(abs)
 	if err != nil {
+		if base, arch, ok := cutArch(name); ok && errors.Is(err, fs.ErrNotExist) {
+			if _, perr := parseBase(base); perr != nil {
+				return nil, fmt.Errorf("kernel %s: no such file, nor a kernel name for %s: %w", name, arch, perr)
+			}
+		}
 		return nil, fmt.Errorf("kernel %s: %w", name, err)
 	}
 	dir, image := abs, ""
 	if st.IsDir() {
-		cands := []string{"vmlinuz", "bzImage", "arch/x86/boot/bzImage"}
+		cands := []string{"vmlinuz", "bzImage", "Image", "arch/x86/boot/bzImage", "arch/arm64/boot/Image"}
 		if m, _ := filepath.Glob(filepath.Join(abs, "boot", "vmlinuz-*")); len(m) == 1 {
 			cands = append(cands, filepath.Join("boot", filepath.Base(m[0])))
 		}
@@ -32,16 +41,20 @@ func localKernel(name, path string) (*Kernel, error) {
 			}
 		}
 		if image == "" {
-			return nil, fmt.Errorf("kernel %s: directory has no kernel image (looked for vmlinuz, bzImage, arch/x86/boot/bzImage, boot/vmlinuz-*)", name)
+			return nil, fmt.Errorf("kernel %s: directory has no kernel image (looked for %s, boot/vmlinuz-*)", name, strings.Join(cands, ", "))
 		}
 	} else {
 		image, dir = abs, filepath.Dir(abs)
 	}
-	release, err := bzImageRelease(image)
+	arch, err := ImageArch(image)
+	if err != nil {
+		return nil, err // names the image
+	}
+	release, err := imageRelease(image)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", name, err)
 	}
-	k := &Kernel{Name: name, Release: release, Source: SourceLocal, Image: image}
+	k := &Kernel{Name: name, Arch: arch, Release: release, Source: SourceLocal, Image: image}
 	// A build tree's vmlinux is at its top; a packaged one in boot/ or
 	// under /usr/lib/debug.
 	vmlinuxes := []string{filepath.Join(filepath.Dir(image), "vmlinux"), filepath.Join(dir, "vmlinux"),

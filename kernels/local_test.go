@@ -43,7 +43,7 @@ func TestLocalKernel(t *testing.T) {
 		{name: "flat dir", path: flat, image: "vmlinuz", config: "config"},
 		{name: "bare image", path: filepath.Join(flat, "vmlinuz"), image: "vmlinuz", config: "config"},
 		{name: "build tree", path: build, image: "arch/x86/boot/bzImage", config: ".config"},
-		{name: "not an image", path: notImage, err: "not a bzImage"},
+		{name: "not an image", path: notImage, err: "is not a bootable kernel image (neither an x86 bzImage nor an arm64 Image): it is a script"},
 		{name: "empty dir", path: t.TempDir(), err: "no kernel image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,7 +3,8 @@ package kernels
 // MatrixKernel is one kernel of the project's matrix: the kernels its
 // suites are run on, from the oldest LTS to mainline.
 type MatrixKernel struct {
-	Name   string // what -kernel takes
+	Name   string // what -kernel takes, without the architecture
+	Arch   string // the guest's architecture; "" means DefaultArch
 	Source string // SourceDebian or SourceOCI: which source serves it (Debian first)
 	Note   string // what it stands for
 	// Local marks the kernels `make test` (so every change, in .ci/run)
@@ -29,13 +30,17 @@ func Matrix() []MatrixKernel {
 	}
 }
 
+// FullName is the name Cache.Get takes for the kernel: Name, followed by
+// "/ARCH" for another architecture than DefaultArch ("6.12/arm64").
+func (k MatrixKernel) FullName() string { return k.Name + archSuffix(k.Arch) }
+
 // MatrixNames returns the names of the matrix's kernels from source ("" for
-// all), oldest first.
+// all), oldest first, as FullName gives them.
 func MatrixNames(source string) []string {
 	var names []string
 	for _, k := range Matrix() {
 		if source == "" || k.Source == source {
-			names = append(names, k.Name)
+			names = append(names, k.FullName())
 		}
 	}
 	return names

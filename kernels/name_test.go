@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -33,7 +34,24 @@ func TestParseName(t *testing.T) {
 		{in: "6.6@sha256:" + hex64, want: spec{name: "6.6@sha256:" + hex64, source: "oci", tag: "6.6", digest: "sha256:" + hex64}},
 		{in: "./bzImage", want: spec{name: "./bzImage", local: "./bzImage"}},
 		{in: "/boot/vmlinuz-6.1.0-47-amd64", want: spec{name: "/boot/vmlinuz-6.1.0-47-amd64", local: "/boot/vmlinuz-6.1.0-47-amd64"}},
+		{in: "6.12/arm64", want: spec{name: "6.12/arm64", version: "6.12", flavour: "cloud", tag: "6.12", arch: "arm64"}, canonical: "6.12/arm64"},
+		{in: "6.1/amd64", want: spec{name: "6.1/amd64", version: "6.1", flavour: "cloud", tag: "6.1"}, canonical: "6.1"},
+		{in: "6.1-cloud/arm64", want: spec{name: "6.1-cloud/arm64", version: "6.1", flavour: "cloud", arch: "arm64"}, canonical: "6.1/arm64"},
+		{in: "6.1-generic/arm64", want: spec{name: "6.1-generic/arm64", version: "6.1", flavour: "generic", arch: "arm64"}, canonical: "6.1-generic/arm64"},
+		{in: "debian:6.1/arm64", want: spec{name: "debian:6.1/arm64", source: "debian", version: "6.1", flavour: "cloud", tag: "6.1", arch: "arm64"}, canonical: "6.1/arm64"},
+		{in: "oci:6.6/arm64", want: spec{name: "oci:6.6/arm64", source: "oci", tag: "6.6", arch: "arm64"}},
+		{in: "stable/arm64", want: spec{name: "stable/arm64", tag: "stable", arch: "arm64"}},
+		{in: "6.6-debug/arm64", want: spec{name: "6.6-debug/arm64", tag: "6.6-debug", arch: "arm64"}},
+		{in: "6.6@sha256:" + hex64 + "/arm64", want: spec{name: "6.6@sha256:" + hex64 + "/arm64", source: "oci", tag: "6.6", digest: "sha256:" + hex64, arch: "arm64"}},
+		// Paths: what precedes the architecture is no name, or is a path.
+		{in: "./6.1/arm64", want: spec{name: "./6.1/arm64", local: "./6.1/arm64"}},
+		{in: "build/arm64", want: spec{name: "build/arm64", local: "build/arm64"}},
+		{in: "6.1-nosuch/arm64", want: spec{name: "6.1-nosuch/arm64", local: "6.1-nosuch/arm64"}},
+		{in: "/arm64", want: spec{name: "/arm64", local: "/arm64"}},
+		{in: "6.1/arm64/arm64", want: spec{name: "6.1/arm64/arm64", local: "6.1/arm64/arm64"}},
+		{in: "6.1/riscv64", want: spec{name: "6.1/riscv64", local: "6.1/riscv64"}},
 		{in: "foo", err: ErrBadName},
+		{in: "arm64", err: ErrBadName},
 		{in: "6.", err: ErrBadName},
 		{in: "6", err: ErrBadName},
 		{in: "6.1-", err: ErrBadName},
@@ -61,12 +79,57 @@ func TestParseName(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			if tc.want.arch == "" && tc.want.local == "" {
+				tc.want.arch = DefaultArch
+			}
 			assert.Equal(t, tc.want, got)
 			if tc.canonical != "" {
 				assert.Equal(t, tc.canonical, got.canonical())
 			}
 		})
 	}
+}
+
+func TestSplitArch(t *testing.T) {
+	for _, tc := range []struct{ in, base, arch string }{
+		{"6.12/arm64", "6.12", "arm64"},
+		{"6.1-generic/arm64", "6.1-generic", "arm64"},
+		{"oci:6.6/arm64", "oci:6.6", "arm64"},
+		{"stable/arm64", "stable", "arm64"},
+		{"6.1/amd64", "6.1", "amd64"},
+		{"6.1", "6.1", ""},
+		{"./6.1/arm64", "./6.1/arm64", ""},
+		{"build/arm64", "build/arm64", ""},
+		{"/boot/vmlinuz", "/boot/vmlinuz", ""},
+		{"6.1/riscv64", "6.1/riscv64", ""},
+		{"", "", ""},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			base, arch := SplitArch(tc.in)
+			assert.Equal(t, tc.base, base)
+			assert.Equal(t, tc.arch, arch)
+		})
+	}
+	assert.Equal(t, []string{"amd64", "arm64"}, Arches())
+	assert.Equal(t, DefaultArch, Arches()[0])
+}
+
+// TestCanonicalFileNames: canonical names of all architectures, flavours
+// and sources map to distinct file names, amd64's as before arm64 existed.
+func TestCanonicalFileNames(t *testing.T) {
+	c := &Cache{Dir: "/c"}
+	seen := map[string]string{}
+	for _, name := range []string{"6.1", "6.1-generic", "6.1/arm64", "6.1-generic/arm64", "6.12", "6.12/arm64"} {
+		s, err := parseName(name)
+		require.NoError(t, err)
+		p := c.resolutionPath(s.canonical())
+		assert.NotContains(t, seen, p, "%s and %s share %s", name, seen[p], p)
+		seen[p] = name
+		assert.Equal(t, "/c/kernels/resolved", filepath.Dir(p))
+	}
+	assert.Equal(t, "/c/kernels/resolved/6.1.json", c.resolutionPath("6.1"))
+	assert.Equal(t, "/c/kernels/resolved/6.1_arm64.json", c.resolutionPath("6.1/arm64"))
+	assert.Equal(t, "/c/kernels/locks/oci-stable_arm64.lock", c.lockPath("oci-stable/arm64"))
 }
 
 func TestAvailable(t *testing.T) {

@@ -27,8 +27,9 @@ import (
 // The OCI source serves versions Debian lacks from a repository of kernel
 // images laid out like cilium/ebpf's CI kernels (ghcr.io/cilium/ci-kernels):
 // one image per kernel version tag, holding boot/vmlinuz and maybe
-// (usr/)lib/modules/<release>/. Trees are keyed by the image's manifest
-// digest and layers are stored by their digest.
+// (usr/)lib/modules/<release>/; a tag may be a multi-platform index, of
+// which the image for linux/<arch> is taken. Trees are keyed by the image's
+// manifest digest and layers are stored by their digest.
 
 // ociLayerRef marks the PackageRefs of an OCI kernel that are layers; the
 // first PackageRef is the image itself (Name: reference, Version: digest).
@@ -38,11 +39,13 @@ func (c *Cache) blobPath(hexDigest string) string {
 	return filepath.Join(c.kernelsDir(), "blobs", "sha256", hexDigest)
 }
 
-func (c *Cache) remoteOptions(ctx context.Context) []remote.Option {
+// remoteOptions are the registry client's options; of a multi-platform
+// index the image for linux/arch is taken.
+func (c *Cache) remoteOptions(ctx context.Context, arch string) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}),
 	}
 }
 
@@ -54,10 +57,10 @@ func (c *Cache) getOCI(ctx context.Context, s spec) (*Kernel, error) {
 	h := sha256.Sum256([]byte(repo.String()))
 	sourceID := hex.EncodeToString(h[:8])
 	var ref name.Reference = repo.Tag(s.tag)
-	canonical := "oci-" + s.tag
+	canonical := "oci-" + s.tag + archSuffix(s.arch)
 	if s.digest != "" {
 		// A pinned image never changes: its resolution never expires.
-		ref, canonical = repo.Digest(s.digest), "oci-"+strings.ReplaceAll(s.digest, ":", "-")
+		ref, canonical = repo.Digest(s.digest), "oci-"+strings.ReplaceAll(s.digest, ":", "-")+archSuffix(s.arch)
 		if res, ok := c.readResolution(canonical, sourceID); ok {
 			if k, err := c.openTree(s, res); err == nil {
 				return k, nil
@@ -70,7 +73,7 @@ func (c *Cache) getOCI(ctx context.Context, s spec) (*Kernel, error) {
 			return k, nil
 		}
 	}
-	res, err := c.resolveOCI(ctx, ref, canonical, sourceID, start)
+	res, err := c.resolveOCI(ctx, ref, s.arch, canonical, sourceID, start)
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +84,9 @@ func (c *Cache) getOCI(ctx context.Context, s spec) (*Kernel, error) {
 // reached must not hold a run for minutes.
 const ociLookupTimeout = 30 * time.Second
 
-// resolveOCI finds the image digest a reference points to now.
-func (c *Cache) resolveOCI(ctx context.Context, ref name.Reference, canonical, sourceID string, start time.Time) (resolution, error) {
+// resolveOCI finds the digest of the image for arch a reference points to
+// now.
+func (c *Cache) resolveOCI(ctx context.Context, ref name.Reference, arch, canonical, sourceID string, start time.Time) (resolution, error) {
 	unlock, err := lockFile(ctx, c.lockPath(canonical), "to resolve "+ref.String(), c.progress())
 	if err != nil {
 		return resolution{}, err
@@ -97,7 +101,7 @@ func (c *Cache) resolveOCI(ctx context.Context, ref name.Reference, canonical, s
 	}
 	lctx, cancel := context.WithTimeout(ctx, ociLookupTimeout)
 	defer cancel()
-	img, err := remote.Image(ref, c.remoteOptions(lctx)...)
+	img, err := remote.Image(ref, c.remoteOptions(lctx, arch)...)
 	if err == nil {
 		var res resolution
 		if res, err = ociResolution(img, ref, canonical, sourceID); err == nil {
@@ -179,9 +183,13 @@ func (c *Cache) fetchOCI(ctx context.Context, s spec, ref name.Reference, res re
 			return nil, fmt.Errorf("unpack layer %s: %w", l.Version, err)
 		}
 	}
-	release, err := arrangeTree(stage, raw)
+	release, arch, err := arrangeTree(stage, raw)
 	if err != nil {
 		return nil, err
+	}
+	if arch != s.arch {
+		return nil, fmt.Errorf("%s (%s) holds an %s kernel, not %s: the repository has no linux/%s image of it",
+			ref, res.Packages[0].Version, arch, s.arch, s.arch)
 	}
 	depmod := ""
 	modDir := filepath.Join(stage, treeModulesRel(release))
@@ -197,7 +205,7 @@ func (c *Cache) fetchOCI(ctx context.Context, s spec, ref name.Reference, res re
 	if err != nil {
 		return nil, err
 	}
-	m.Name, m.Key, m.Source, m.Packages, m.Depmod = tagOf(ref), res.Key, SourceOCI, res.Packages, depmod
+	m.Name, m.Key, m.Source, m.Packages, m.Depmod, m.Arch = tagOf(ref)+archSuffix(arch), res.Key, SourceOCI, res.Packages, depmod, arch
 	if err := writeMarker(stage, m); err != nil {
 		return nil, err
 	}
@@ -237,7 +245,7 @@ func (c *Cache) ensureBlob(ctx context.Context, repo name.Repository, l PackageR
 	}
 	c.logf("downloading layer %s (%s)", l.Version, mib(l.Size))
 	t := time.Now()
-	layer, err := remote.Layer(repo.Digest(l.Version), c.remoteOptions(ctx)...)
+	layer, err := remote.Layer(repo.Digest(l.Version), c.remoteOptions(ctx, DefaultArch)...)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Version, err)
 	}

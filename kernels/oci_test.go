@@ -369,7 +369,7 @@ func TestOCIRegistryLayouts(t *testing.T) {
 		r.push(t, "6.9", tarLayer(t, []tarEntry{{name: "boot/vmlinuz", typ: tar.TypeReg, data: []byte("#!/bin/sh\necho not a kernel\n")}}))
 		_, err := newCache().Get(ctx, "6.9")
 		require.Error(t, err)
-		assert.Contains(t, err.Error(), "kernel image is not a bzImage")
+		assert.Contains(t, err.Error(), "kernel image is neither an x86 bzImage nor an arm64 Image (a script)")
 		r.push(t, "6.10", tarLayer(t, []tarEntry{{name: "README", typ: tar.TypeReg, data: []byte("no kernel here")}}))
 		_, err = newCache().Get(ctx, "6.10")
 		require.Error(t, err)

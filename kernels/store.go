@@ -23,6 +23,7 @@ type treeMeta struct {
 	Name           string       `json:"name"` // canonical name: "6.1", "6.1-generic"
 	Key            string       `json:"key"`
 	Source         string       `json:"source"`
+	Arch           string       `json:"arch,omitempty"` // "" (a marker from before arm64): amd64
 	Release        string       `json:"release"`
 	Packages       []PackageRef `json:"packages"`
 	ImageSize      int64        `json:"image_size"`
@@ -34,6 +35,14 @@ type treeMeta struct {
 	DiskBytes      int64        `json:"disk_bytes"` // whole tree
 	Depmod         string       `json:"depmod"`     // "kmod" or "builtin"
 	FetchedAt      time.Time    `json:"fetched_at"`
+}
+
+// arch is the tree's architecture.
+func (m treeMeta) arch() string {
+	if m.Arch == "" {
+		return DefaultArch
+	}
+	return m.Arch
 }
 
 // resolution is what a name resolved to at some time: it lets a warm Get
@@ -52,10 +61,10 @@ func (c *Cache) treeDir(key string) string { return filepath.Join(c.treesDir(), 
 func (c *Cache) debPath(sha string) string { return filepath.Join(c.kernelsDir(), "debs", sha+".deb") }
 func (c *Cache) tmpDir() string            { return filepath.Join(c.kernelsDir(), "tmp") }
 func (c *Cache) lockPath(name string) string {
-	return filepath.Join(c.kernelsDir(), "locks", name+".lock")
+	return filepath.Join(c.kernelsDir(), "locks", fileName(name)+".lock")
 }
 func (c *Cache) resolutionPath(canonical string) string {
-	return filepath.Join(c.kernelsDir(), "resolved", canonical+".json")
+	return filepath.Join(c.kernelsDir(), "resolved", fileName(canonical)+".json")
 }
 
 // treeKey names a tree after its main package and version, which Debian
@@ -105,15 +114,15 @@ func readTreeMeta(dir string) (treeMeta, error) {
 }
 
 // checkTree checks a tree against its metadata: cheaply (sizes and the
-// bzImage magic) unless deep, which also hashes the image and counts every
-// module file.
+// image's magic, which must be of the tree's architecture) unless deep,
+// which also hashes the image and counts every module file.
 func checkTree(dir string, m treeMeta, deep bool) error {
 	img := filepath.Join(dir, treeImage)
 	if err := checkSize(img, m.ImageSize); err != nil {
 		return err
 	}
-	if ok, err := isBzImage(img); err != nil || !ok {
-		return fmt.Errorf("%s is not a bzImage", img)
+	if hdr, _, err := readImageHeader(img); err != nil || headerArch(hdr) != m.arch() {
+		return fmt.Errorf("%s is not a kernel image for %s", img, m.arch())
 	}
 	if m.ConfigSize >= 0 {
 		if err := checkSize(filepath.Join(dir, treeConfig), m.ConfigSize); err != nil {
@@ -171,6 +180,9 @@ func (c *Cache) openTree(s spec, res resolution) (*Kernel, error) {
 	if !slices.Equal(m.Packages, res.Packages) {
 		return nil, errors.New("made from other packages than the index now lists")
 	}
+	if m.arch() != s.arch {
+		return nil, fmt.Errorf("holds an %s kernel, %s was asked for", m.arch(), s.arch)
+	}
 	if err := checkTree(dir, m, c.Verify); err != nil {
 		return nil, err
 	}
@@ -180,6 +192,7 @@ func (c *Cache) openTree(s spec, res resolution) (*Kernel, error) {
 func kernelFromTree(name, dir string, m treeMeta) *Kernel {
 	k := &Kernel{
 		Name:     name,
+		Arch:     m.arch(),
 		Release:  m.Release,
 		Source:   m.Source,
 		Packages: slices.Clone(m.Packages),

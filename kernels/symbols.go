@@ -30,8 +30,8 @@ var ErrNoSymbols = errors.New("no vmlinux with debug info")
 // download, of which only vmlinux, about 600 MB, is kept beside the image);
 // a local kernel's is the vmlinux found beside it (Kernel.Vmlinux). With
 // Offline only a vmlinux already on disk is returned. Before it is used the
-// file must be an x86-64 ELF with .debug_info whose .rodata holds the
-// banner "Linux version <Release> ".
+// file must be an ELF of the kernel's architecture (x86-64 or AArch64) with
+// .debug_info whose .rodata holds the banner "Linux version <Release> ".
 func (c *Cache) Symbols(ctx context.Context, k *Kernel) (string, error) {
 	switch k.Source {
 	case SourceDebian:
@@ -74,7 +74,7 @@ func (c *Cache) ociSymbols(ctx context.Context, k *Kernel) (string, error) {
 		return "", err
 	}
 	debugTag := strings.TrimSuffix(s.tag, "-"+tagSelftests) + "-" + tagDebug
-	dk, err := c.Get(ctx, "oci:"+debugTag)
+	dk, err := c.Get(ctx, "oci:"+debugTag+archSuffix(kernelArch(k, s)))
 	if err != nil {
 		return "", err
 	}
@@ -122,7 +122,7 @@ func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 	if checkVmlinux(dst, k.Image) == nil {
 		return dst, nil // fetched while we waited
 	}
-	repo, err := newAptRepo(c, series)
+	repo, err := newAptRepo(c, series, kernelArch(k, s))
 	if err != nil {
 		return "", err
 	}
@@ -152,7 +152,7 @@ func (c *Cache) debianSymbols(ctx context.Context, k *Kernel) (string, error) {
 // version), updating the package lists once if they do not list it.
 func (c *Cache) findDebugPackage(ctx context.Context, series debSeries, repo *aptRepo, image PackageRef) (PackageRef, error) {
 	name := strings.TrimSuffix(image.Name, "-unsigned") + "-dbg"
-	unlock, err := lockFile(ctx, c.lockPath("apt-"+series.version), "to use the package lists of "+series.version, c.progress())
+	unlock, err := lockFile(ctx, c.lockPath(repo.lockName()), "to use the package lists of "+repo.label, c.progress())
 	if err != nil {
 		return PackageRef{}, err
 	}
@@ -239,12 +239,36 @@ func extractVmlinux(ctx context.Context, deb, release, image, dst string) error 
 	}
 }
 
+// kernelArch is k's architecture: Kernel.Arch, else what its name says.
+func kernelArch(k *Kernel, s spec) string {
+	if k.Arch != "" {
+		return k.Arch
+	}
+	return s.arch
+}
+
+// elfMachines are the ELF machines of vmlinux files by architecture, with
+// the name errors give them.
+var elfMachines = map[string]struct {
+	machine elf.Machine
+	name    string
+}{
+	"amd64": {elf.EM_X86_64, "x86-64"},
+	"arm64": {elf.EM_AARCH64, "arm64 (AArch64)"},
+}
+
 // checkVmlinux checks that path is a vmlinux with DWARF of the very build
-// of the bzImage at image: its banner ("Linux version <release> (<builder>)
-// (<compiler>) <UTS_VERSION>") must agree with the image's version string
-// ("<release> (<builder>) <UTS_VERSION>"), whose UTS_VERSION dates the build.
+// of the kernel image at image (a bzImage or an arm64 Image): its banner
+// ("Linux version <release> (<builder>) (<compiler>) <UTS_VERSION>") must
+// agree with the image's version string ("<release> (<builder>)
+// <UTS_VERSION>"), whose UTS_VERSION dates the build, and its machine with
+// the image's architecture.
 func checkVmlinux(path, image string) error {
-	version, err := bzImageVersion(image)
+	arch, err := ImageArch(image)
+	if err != nil {
+		return err
+	}
+	version, err := imageVersion(image)
 	if err != nil {
 		return err
 	}
@@ -258,8 +282,8 @@ func checkVmlinux(path, image string) error {
 		return fmt.Errorf("%w: %s: %w", ErrNoSymbols, path, err)
 	}
 	defer f.Close()
-	if f.Machine != elf.EM_X86_64 || f.Type != elf.ET_EXEC {
-		return fmt.Errorf("%w: %s is a %s %s, not an x86-64 kernel", ErrNoSymbols, path, f.Machine, f.Type)
+	if want := elfMachines[arch]; f.Machine != want.machine || f.Type != elf.ET_EXEC {
+		return fmt.Errorf("%w: %s is a %s %s, not an %s kernel (the image is %s)", ErrNoSymbols, path, f.Machine, f.Type, want.name, arch)
 	}
 	if f.Section(".debug_info") == nil {
 		return fmt.Errorf("%w: %s has no .debug_info (a stripped vmlinux, or built without CONFIG_DEBUG_INFO)", ErrNoSymbols, path)

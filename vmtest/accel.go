@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,8 +36,8 @@ type AccelChoice struct {
 
 func (a AccelChoice) String() string { return a.Name + " (" + a.Reason + ")" }
 
-// qemuArgsFor returns the accelerator and CPU model arguments.
-func (a AccelChoice) qemuArgs() []string {
+// qemuArgs returns the accelerator and CPU model arguments.
+func (a AccelChoice) qemuArgs(m machine) []string {
 	if a.Name == AccelKVM {
 		return []string{"-accel", "kvm", "-cpu", "host"}
 	}
@@ -47,7 +48,7 @@ func (a AccelChoice) qemuArgs() []string {
 	// 7.2 ("Oops: int3") and hung 6.1 in every boot, and plain boots of 7.2
 	// oopsed in about 1 of 100. Single-threaded TCG runs the vCPUs in turn
 	// and none of that happens (measurements in the README).
-	return []string{"-accel", "tcg,thread=single", "-cpu", "max"}
+	return []string{"-accel", "tcg,thread=single", "-cpu", m.tcgCPU}
 }
 
 var (
@@ -120,7 +121,11 @@ func saveProbe(file, key string, c AccelChoice) {
 // host kernel, so that each `vmtest exec` of a go test run does not pay for
 // its own probe.
 func ChooseAccel(ctx context.Context, qemu, kernel, want, cache string) (AccelChoice, error) {
-	q, err := findQEMU(qemu)
+	m, err := kernelMachine(kernel)
+	if err != nil {
+		return AccelChoice{}, err
+	}
+	q, err := findQEMU(qemu, m)
 	if err != nil {
 		return AccelChoice{}, err
 	}
@@ -130,12 +135,19 @@ func ChooseAccel(ctx context.Context, qemu, kernel, want, cache string) (AccelCh
 	}
 	switch want {
 	case AccelKVM:
+		if !m.native() {
+			return AccelChoice{}, fmt.Errorf("accelerator kvm: the kernel %s is for %s, this host is %s: KVM runs guests of the host's architecture only (use tcg or auto)",
+				kernel, m.arch, runtime.GOARCH)
+		}
 		return AccelChoice{AccelKVM, "forced"}, nil
 	case AccelTCG:
 		return AccelChoice{AccelTCG, "forced"}, nil
 	case "", AccelAuto:
 	default:
 		return AccelChoice{}, fmt.Errorf("unknown accelerator %q: want auto, kvm or tcg", want)
+	}
+	if !m.native() {
+		return AccelChoice{AccelTCG, fmt.Sprintf("software emulation: %s guest on a %s host", m.arch, runtime.GOARCH)}, nil
 	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
@@ -151,7 +163,7 @@ func ChooseAccel(ctx context.Context, qemu, kernel, want, cache string) (AccelCh
 	}
 	c, ok := loadProbe(cache, key)
 	if !ok {
-		c = probeKVM(ctx, qemu, kernel)
+		c = probeKVM(ctx, qemu, kernel, m)
 		if ctx.Err() != nil {
 			return AccelChoice{}, ctx.Err()
 		}
@@ -168,14 +180,20 @@ func shortErr(err error) string {
 	return err.Error()
 }
 
-func probeKVM(ctx context.Context, qemu, kernel string) AccelChoice {
+func probeKVM(ctx context.Context, qemu, kernel string, m machine) AccelChoice {
 	ctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, qemu, "-nodefaults", "-no-user-config", "-display", "none",
-		"-M", "q35", "-m", "256", "-accel", "kvm", "-cpu", "host",
-		"-kernel", kernel, "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none"}
+	args = append(args, m.board...)
+	early := m.earlycon
+	if early == "" {
+		early = "earlyprintk=serial," + m.console
+	}
+	args = append(args, "-m", "256", "-accel", "kvm", "-cpu", "host",
+		"-kernel", kernel, "-append", "console="+m.console+" "+early+" panic=-1",
 		"-serial", "stdio", "-no-reboot")
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Stdin = nil
 	stdout, err := cmd.StdoutPipe()

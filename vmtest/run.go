@@ -63,7 +63,9 @@ type Output struct {
 
 // Options configures Run.
 type Options struct {
-	// Kernel is the host path of the bzImage to boot.
+	// Kernel is the host path of the kernel image to boot: an x86 bzImage
+	// or an arm64 Image. Its architecture decides the machine QEMU
+	// emulates, and command binaries must be built for it.
 	Kernel string
 	// BaseImage is the base initramfs from images.Base.
 	BaseImage string
@@ -94,8 +96,9 @@ type Options struct {
 	// AccelCache, when set, is a file that keeps the answer of the KVM
 	// probe across processes (see ChooseAccel).
 	AccelCache string
-	// QEMU is the qemu-system binary; "" means $VMTEST_QEMU or
-	// qemu-system-x86_64 from $PATH.
+	// QEMU is the qemu-system binary; "" means $VMTEST_QEMU or the
+	// kernel's architecture's (qemu-system-x86_64, qemu-system-aarch64)
+	// from $PATH.
 	QEMU string
 	// MemoryMB and CPUs size the guest; 0 means 512 MiB and 1 CPU.
 	MemoryMB int
@@ -134,6 +137,8 @@ type Options struct {
 	// Started, when set, is called once QEMU runs: from then on its gdb
 	// stub (GDB) takes connections.
 	Started func()
+
+	mach machine // of the kernel's architecture; set by Run and Floor
 }
 
 // Module is a kernel module file to put in the image and load.
@@ -281,13 +286,17 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	if err := kernels.CheckBzImage(opts.Kernel); err != nil {
-		return nil, fmt.Errorf("vmtest: %w", err)
+	var err error
+	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
+		return nil, err
+	}
+	if err := opts.checkBinaries(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("vmtest: %w", err)
 	}
-	qemu, err := findQEMU(opts.QEMU)
+	qemu, err := findQEMU(opts.QEMU, opts.mach)
 	if err != nil {
 		return nil, err
 	}
@@ -335,18 +344,39 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return res, err
 }
 
-func findQEMU(q string) (string, error) {
-	if q == "" {
-		q = os.Getenv("VMTEST_QEMU")
+// findQEMU finds the qemu-system binary for the machine. $VMTEST_QEMU
+// names one for x86-64 guests, $VMTEST_QEMU_ARM64 for arm64 guests (one
+// run may boot both).
+func findQEMU(q string, m machine) (string, error) {
+	env := "VMTEST_QEMU"
+	if m.arch != "amd64" {
+		env += "_" + strings.ToUpper(m.arch)
 	}
 	if q == "" {
-		q = "qemu-system-x86_64"
+		q = os.Getenv(env)
+	}
+	if q == "" {
+		q = m.qemu
 	}
 	p, err := exec.LookPath(q)
 	if err != nil {
-		return "", fmt.Errorf("vmtest: %s not found: install it (Debian/Ubuntu: apt-get install qemu-system-x86) or set VMTEST_QEMU", q)
+		return "", fmt.Errorf("vmtest: %s not found, needed for %s guests: install it (Debian/Ubuntu: apt-get install %s) or set %s",
+			q, m.arch, m.qemuPackage, env)
 	}
 	return p, nil
+}
+
+// kernelMachine checks that a kernel image is whole and returns the machine
+// of its architecture.
+func kernelMachine(kernel string) (machine, error) {
+	if err := kernels.CheckImage(kernel); err != nil {
+		return machine{}, fmt.Errorf("vmtest: %w", err)
+	}
+	arch, err := kernels.ImageArch(kernel)
+	if err != nil {
+		return machine{}, fmt.Errorf("vmtest: %w", err)
+	}
+	return machineFor(arch)
 }
 
 // check refuses options no guest can run with.
@@ -371,7 +401,8 @@ func (o *Options) check() error {
 }
 
 func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error {
-	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto(), Disks: disks}
+	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto(), Disks: disks,
+		ResultPort: opts.mach.resultPort, Console: opts.mach.consoleDevice()}
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
@@ -452,8 +483,9 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 	if cpus == 0 {
 		cpus = 1
 	}
+	m := opts.mach
 	cmdline := []string{
-		"console=ttyS0,115200",
+		"console=" + m.console + ",115200",
 		"panic=-1",            // reboot at once on panic; -no-reboot turns that into QEMU exiting
 		"random.trust_cpu=on", // do not wait for entropy: old kernels block getrandom until then
 		"UROOT_NOHWRNG=1",     // u-root's init need not look for a hardware RNG
@@ -468,20 +500,23 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 	if opts.Append != "" {
 		cmdline = append(cmdline, opts.Append)
 	}
-	args := []string{
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-M", "q35", "-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus),
+	if m.earlycon != "" {
+		cmdline = append(cmdline, m.earlycon)
 	}
-	args = append(args, accel.qemuArgs()...)
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"}
+	args = append(args, m.board...)
+	args = append(args, "-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus))
+	args = append(args, accel.qemuArgs(m)...)
 	args = append(args,
 		"-kernel", opts.Kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 	)
 	if resultFD >= 0 {
-		args = append(args, "-chardev", fmt.Sprintf("socket,id=res,fd=%d", resultFD), "-serial", "chardev:res")
+		args = append(args, "-chardev", fmt.Sprintf("socket,id=res,fd=%d", resultFD))
 	} else {
-		args = append(args, "-chardev", "null,id=res", "-serial", "chardev:res")
+		args = append(args, "-chardev", "null,id=res")
 	}
+	args = append(args, m.resultArgs...)
 	for i, d := range drives {
 		args = append(args, d.qemuArgs(i)...)
 	}
@@ -631,7 +666,7 @@ wait:
 		res.Failure = &Failure{Kind: FailPanic, Message: con.panicLine(), Console: tail}
 	case silent:
 		res.Failure = &Failure{Kind: FailNoKernel, Console: tail, Message: fmt.Sprintf(
-			"the kernel printed nothing within %s of QEMU's start: is %s a bzImage for x86-64 that boots with %s?", startWait, opts.Kernel, accel)}
+			"the kernel printed nothing within %s of QEMU's start: is %s %s that boots with %s?", startWait, opts.Kernel, opts.mach.kernelKind, accel)}
 	case timedOut && ctx.Err() == context.DeadlineExceeded:
 		res.Failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("guest did not finish within %s (hung?)%s", opts.Timeout, rr.stage()), Console: tail}
 	case timedOut:
@@ -641,7 +676,7 @@ wait:
 	case !rr.done && !rr.hello && !con.kernelPrinted():
 		res.Failure = &Failure{Kind: FailNoKernel, Console: tail, Message: fmt.Sprintf(
 			"the kernel never printed a line: QEMU exited before it started (a CPU fault while booting resets the "+
-				"machine, and vmtest runs QEMU with -no-reboot): is %s a bzImage for x86-64 that boots with %s?", opts.Kernel, accel)}
+				"machine, and vmtest runs QEMU with -no-reboot): is %s %s that boots with %s?", opts.Kernel, opts.mach.kernelKind, accel)}
 	case !rr.done:
 		msg := "guest stopped without reporting" + rr.stage()
 		if waitErr != nil {
@@ -668,7 +703,11 @@ type FloorResult struct {
 // compared: the difference is what vmtest itself costs. When the guest does
 // not get there, the error comes with a FloorResult holding its console.
 func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, error) {
-	qemu, err := findQEMU(opts.QEMU)
+	var err error
+	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
+		return nil, err
+	}
+	qemu, err := findQEMU(opts.QEMU, opts.mach)
 	if err != nil {
 		return nil, err
 	}

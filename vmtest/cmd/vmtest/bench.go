@@ -53,7 +53,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err := f.check(); err != nil {
 		return err
 	}
-	names, err := kernelNames(f.kernel)
+	names, err := kernelNames(f.kernel, f.arch)
 	if err != nil {
 		return err
 	}
@@ -69,24 +69,10 @@ func benchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	base, err := images.Base(ctx, f.baseOptions(dir, os.Stderr))
-	if err != nil {
-		return err
-	}
 	// The other init, to show what it changes in the same run.
 	otherInit := images.InitAgent
 	if f.init == images.InitAgent {
 		otherInit = images.InitURoot
-	}
-	otherOpts := f.baseOptions(dir, os.Stderr)
-	otherOpts.Init = otherInit
-	otherBase, err := images.Base(ctx, otherOpts)
-	if err != nil {
-		return err
-	}
-	trivial, floorImg, err := benchBinaries(ctx, tmp)
-	if err != nil {
-		return err
 	}
 	var coldReport string
 	if *cold {
@@ -97,7 +83,7 @@ func benchCmd(ctx context.Context, args []string) error {
 		coldReport = coldTable(rows, image, size, f.init)
 	}
 
-	b := &bench{f: &f, n: *n, base: base, otherBase: otherBase, otherInit: otherInit, trivial: trivial, floorImg: floorImg,
+	b := &bench{f: &f, n: *n, otherInit: otherInit, cacheDir: dir, arches: map[string]*benchArch{},
 		tmp: tmp, resultsDir: cmp.Or(f.results, "vmtest-results"), preps: map[string]*prepared{}}
 	for _, name := range names {
 		if err := b.kernel(ctx, name); err != nil {
@@ -139,15 +125,44 @@ func benchCmd(ctx context.Context, args []string) error {
 
 // bench measures the runner against the floor; render makes the tables.
 type bench struct {
-	f                 *vmFlags
-	n                 int // boots per kernel and kind
+	f               *vmFlags
+	n               int // boots per kernel and kind
+	otherInit       string
+	cacheDir        string
+	arches          map[string]*benchArch
+	tmp, resultsDir string
+	preps           map[string]*prepared
+	rows            []benchRow
+	failures        []string
+}
+
+// benchArch is what the boots of one guest architecture use: the base
+// images of both inits, the trivial test and the floor's initramfs.
+type benchArch struct {
 	base, otherBase   string
-	otherInit         string
 	trivial, floorImg string
-	tmp, resultsDir   string
-	preps             map[string]*prepared
-	rows              []benchRow
-	failures          []string
+}
+
+// forArch builds (once) what guests of arch boot.
+func (b *bench) forArch(ctx context.Context, arch string) (*benchArch, error) {
+	if a, ok := b.arches[arch]; ok {
+		return a, nil
+	}
+	a := &benchArch{}
+	var err error
+	if a.base, err = images.Base(ctx, b.f.baseOptions(b.cacheDir, arch, os.Stderr)); err != nil {
+		return nil, err
+	}
+	otherOpts := b.f.baseOptions(b.cacheDir, arch, os.Stderr)
+	otherOpts.Init = b.otherInit
+	if a.otherBase, err = images.Base(ctx, otherOpts); err != nil {
+		return nil, err
+	}
+	if a.trivial, a.floorImg, err = benchBinaries(ctx, filepath.Join(b.tmp, arch), arch); err != nil {
+		return nil, err
+	}
+	b.arches[arch] = a
+	return a, nil
 }
 
 // benchRow is one kernel's medians.
@@ -163,7 +178,7 @@ type benchRow struct {
 
 // failedDir is where the logs of a failed boot are kept.
 func (b *bench) failedDir(name, kind string, i int) string {
-	return filepath.Join(b.resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", name, kind, i))
+	return filepath.Join(b.resultsDir, "bench-failures", fmt.Sprintf("%s-%s-%d", kernelDir(name), kind, i))
 }
 
 // kernel boots the floor, the runner and the other init -n times each on
@@ -177,8 +192,12 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		return err
 	}
 	b.preps[name] = p
-	opts := b.f.options(p, b.base)
-	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: b.trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
+	a, err := b.forArch(ctx, p.kernel.Arch)
+	if err != nil {
+		return err
+	}
+	opts := b.f.options(p, a.base)
+	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: a.trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
 	var floors, runs, firsts, boots, others []time.Duration
 	var floorInits, floorUsers, runInits, runUsers []float64
 	var rss int64
@@ -188,7 +207,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 	runKind := func(kind, base string, i int) (*vmtest.Result, error) {
 		o := opts
 		o.BaseImage = base
-		o.OutDir = filepath.Join(b.tmp, fmt.Sprintf("%s-%s-%d", name, kind, i))
+		o.OutDir = filepath.Join(b.tmp, fmt.Sprintf("%s-%s-%d", kernelDir(name), kind, i))
 		res, err := vmtest.Run(ctx, o)
 		if err == nil {
 			err = res.Err()
@@ -207,7 +226,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		boot func(i int) (string, error)
 	}{
 		{"floor", func(i int) (string, error) {
-			fl, err := vmtest.Floor(ctx, opts, b.floorImg)
+			fl, err := vmtest.Floor(ctx, opts, a.floorImg)
 			if err != nil {
 				if fl != nil {
 					kept := b.failedDir(name, "floor", i)
@@ -224,7 +243,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
 		}},
 		{"runner", func(i int) (string, error) {
-			res, err := runKind("init-"+b.f.init, b.base, i)
+			res, err := runKind("init-"+b.f.init, a.base, i)
 			if err != nil {
 				return "", err
 			}
@@ -237,7 +256,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
 		}},
 		{"init " + b.otherInit, func(i int) (string, error) {
-			res, err := runKind("init-"+b.otherInit, b.otherBase, i)
+			res, err := runKind("init-"+b.otherInit, a.otherBase, i)
 			if err != nil {
 				return "", err
 			}
@@ -288,9 +307,11 @@ func (b *bench) matrix(ctx context.Context, names []string, parallel int) (time.
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			opts := b.f.options(b.preps[name], b.base)
-			opts.OutDir = filepath.Join(b.tmp, "matrix-"+name+fmt.Sprint(parallel))
-			opts.Commands = []vmtest.Command{{ID: "trivial", Binary: b.trivial, Args: []string{"-test.run", "^TestPass$"}}}
+			p := b.preps[name]
+			a := b.arches[p.kernel.Arch]
+			opts := b.f.options(p, a.base)
+			opts.OutDir = filepath.Join(b.tmp, "matrix-"+kernelDir(name)+fmt.Sprint(parallel))
+			opts.Commands = []vmtest.Command{{ID: "trivial", Binary: a.trivial, Args: []string{"-test.run", "^TestPass$"}}}
 			res, err := vmtest.Run(ctx, opts)
 			if err == nil {
 				err = res.Err()
@@ -347,10 +368,14 @@ func median[T cmp.Ordered](xs []T) T {
 	return s[len(s)/2]
 }
 
-// benchBinaries builds the trivial test binary and the floor's initramfs.
-func benchBinaries(ctx context.Context, tmp string) (trivial, floorImg string, err error) {
+// benchBinaries builds the trivial test binary and the floor's initramfs
+// for guests of arch.
+func benchBinaries(ctx context.Context, tmp, arch string) (trivial, floorImg string, err error) {
 	src, err := images.SourceDir(ctx, "")
 	if err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return "", "", err
 	}
 	trivial = filepath.Join(tmp, "trivial.test")
@@ -361,7 +386,7 @@ func benchBinaries(ctx context.Context, tmp string) (trivial, floorImg string, e
 	} {
 		cmd := exec.CommandContext(ctx, "go", b...)
 		cmd.Dir = src
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+arch)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", "", fmt.Errorf("go %s: %w: %s", strings.Join(b, " "), err, out)
 		}

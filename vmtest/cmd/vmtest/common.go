@@ -75,6 +75,7 @@ func gdbHint(addr string, k *kernels.Kernel) string {
 // vmFlags are the flags run and exec share; run passes them on to exec.
 type vmFlags struct {
 	kernel      string
+	arch        string
 	accel       string
 	memory      int
 	cpus        int
@@ -104,7 +105,8 @@ type vmFlags struct {
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel to boot: a version ("+strings.Join(kernels.Available(), ", ")+" from Debian; others, tags like stable or mainline, and NAME@sha256:... from the OCI repository), \"all\" (the matrix: "+strings.Join(kernels.MatrixNames(""), ", ")+"), or a path to a bzImage; run takes a comma-separated list")
+	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel to boot: a version ("+strings.Join(kernels.Available(), ", ")+" from Debian; others, tags like stable or mainline, and NAME@sha256:... from the OCI repository), \"all\" (the matrix: "+strings.Join(kernels.MatrixNames(""), ", ")+"), NAME/ARCH for another architecture (6.12/arm64), or a path to a kernel image (bzImage, arm64 Image); run takes a comma-separated list")
+	fs.StringVar(&f.arch, "arch", kernels.DefaultArch, "guest architecture ("+strings.Join(kernels.Arches(), ", ")+") of the kernels named without one: 6.12/arm64 names it; test binaries are built for it (go test with GOARCH), other architectures than the host's run under emulation")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
@@ -113,7 +115,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
 	fs.StringVar(&f.results, "results", "", "directory to keep results in")
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")
-	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64)")
+	fs.StringVar(&f.qemu, "qemu", "", "qemu-system binary (default $VMTEST_QEMU or qemu-system-x86_64 for x86-64 guests, $VMTEST_QEMU_ARM64 or qemu-system-aarch64 for arm64)")
 	fs.StringVar(&f.append, "append", "", "extra kernel command line")
 	fs.BoolVar(&f.dwarf, "keep-dwarf", false, "put test binaries in the guest with their DWARF debug info (dropped by default: nothing in the guest reads it, and it costs boot time)")
 	fs.StringVar(&f.gdb, "gdb", "", "HOST:PORT for QEMU's gdb stub (say localhost:1234): the guest waits for the debugger before its first instruction, the kernel runs without KASLR, the timeout becomes 24h unless -timeout is given, and vmtest prints the gdb command; vmtest run then boots one guest at a time")
@@ -157,6 +159,9 @@ func (f *vmFlags) check() error {
 	}
 	if f.limits.output <= 0 || f.limits.artifacts <= 0 || f.files <= 0 || f.shareLimit <= 0 {
 		errs = append(errs, errors.New("-max-output, -max-artifacts, -max-artifact-files and -share-limit must be positive"))
+	}
+	if !slices.Contains(kernels.Arches(), f.arch) {
+		errs = append(errs, fmt.Errorf("-arch %q: give one of %s", f.arch, strings.Join(kernels.Arches(), ", ")))
 	}
 	switch f.accel {
 	case "auto", "kvm", "tcg", "":
@@ -242,7 +247,7 @@ func (s *sizeFlag) Set(v string) error {
 // args renders the flags for a child `vmtest exec`.
 func (f *vmFlags) args() []string {
 	a := []string{
-		"-kernel", f.kernel, "-accel", f.accel, "-memory", fmt.Sprint(f.memory), "-cpus", fmt.Sprint(f.cpus),
+		"-kernel", f.kernel, "-arch", f.arch, "-accel", f.accel, "-memory", fmt.Sprint(f.memory), "-cpus", fmt.Sprint(f.cpus),
 		"-timeout", f.timeout.String(), "-vms", fmt.Sprint(f.vms), "-init", f.init,
 	}
 	if f.modules != "" {
@@ -313,7 +318,7 @@ func prepareKernel(ctx context.Context, f *vmFlags, progress io.Writer) (*prepar
 		return nil, err
 	}
 	cache.Progress = progress
-	k, err := cache.Get(ctx, f.kernel)
+	k, err := cache.Get(ctx, withArch(f.kernel, f.arch))
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +351,7 @@ func prepare(ctx context.Context, f *vmFlags, progress io.Writer) (*prepared, er
 		p.base = b
 		return p, nil
 	}
-	p.base, err = images.Base(ctx, f.baseOptions(dir, progress))
+	p.base, err = images.Base(ctx, f.baseOptions(dir, p.kernel.Arch, progress))
 	if err != nil {
 		return nil, err
 	}
@@ -375,9 +380,10 @@ func cacheDir() (string, error) {
 	return c.Dir, nil
 }
 
-// baseOptions are the options of the base image the flags ask for.
-func (f *vmFlags) baseOptions(cacheDir string, progress io.Writer) images.BaseOptions {
-	o := images.BaseOptions{CacheDir: filepath.Join(cacheDir, "images"), Progress: progress, Init: f.init, Self: selfPath()}
+// baseOptions are the options of the base image the flags ask for, for
+// guests of arch.
+func (f *vmFlags) baseOptions(cacheDir, arch string, progress io.Writer) images.BaseOptions {
+	o := images.BaseOptions{CacheDir: filepath.Join(cacheDir, "images"), Progress: progress, Init: f.init, Self: selfPath(), Arch: arch}
 	if !f.commands {
 		o.Commands = []string{}
 	} else if len(f.extraCommands) > 0 {
@@ -404,7 +410,8 @@ func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options
 	if err != nil {
 		return nil, err
 	}
-	if f.goroot {
+	// The host's Go installation runs only in guests of its architecture.
+	if f.goroot && p.kernel.Arch == runtime.GOARCH {
 		t, err := gorootTree(ctx, dir)
 		if err != nil {
 			return nil, err
@@ -430,4 +437,25 @@ func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options
 		opts.Started = func() { fmt.Fprintln(os.Stderr, gdbHint(f.gdb, p.kernel)) }
 	}
 	return vmtest.Run(ctx, opts)
+}
+
+// withArch names the kernel for arch unless the name has an architecture
+// already or is a path (whose image says what it is).
+func withArch(name, arch string) string {
+	if arch == "" || arch == kernels.DefaultArch || strings.ContainsRune(name, '/') {
+		return name
+	}
+	return name + "/" + arch
+}
+
+// nameArch is the architecture a kernel name asks for; "" for a path,
+// whose image decides.
+func nameArch(name string) string {
+	if _, arch := kernels.SplitArch(name); arch != "" {
+		return arch
+	}
+	if strings.ContainsRune(name, '/') {
+		return ""
+	}
+	return kernels.DefaultArch
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -78,7 +79,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 			f.json = true
 		}
 	}
-	names, err := kernelNames(f.kernel)
+	names, err := kernelNames(f.kernel, f.arch)
 	if err != nil {
 		return 2, err
 	}
@@ -121,11 +122,14 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	// that cannot be had fails at once, not after the build.
 	baseCtx, cancelBase := context.WithCancel(ctx)
 	defer cancelBase()
-	base := &baseImage{done: make(chan struct{})}
-	go func() {
-		defer close(base.done)
-		base.path, base.err = images.Base(baseCtx, f.baseOptions(dir, os.Stderr))
-	}()
+	base := &baseImages{ctx: baseCtx, build: func(ctx context.Context, arch string) (string, error) {
+		return images.Base(ctx, f.baseOptions(dir, arch, os.Stderr))
+	}}
+	for _, n := range names {
+		if a := nameArch(n); a != "" {
+			base.start(a)
+		}
+	}
 
 	rep := &report.Report{Started: time.Now()}
 	st := newStatus(os.Stderr, names, !f.shellOnFail)
@@ -177,18 +181,46 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	return 0, nil
 }
 
-// baseImage is the guest image being built for a run.
+// baseImages are the guest images of a run, one per architecture, each
+// built once, in the background from its first start.
+type baseImages struct {
+	ctx    context.Context
+	build  func(ctx context.Context, arch string) (string, error)
+	mu     sync.Mutex
+	byArch map[string]*baseImage
+}
+
 type baseImage struct {
 	done chan struct{}
 	path string
 	err  error
 }
 
-// wait returns the image once built.
-func (b *baseImage) wait(ctx context.Context) (string, error) {
+// start begins building the image for arch unless it is under way.
+func (b *baseImages) start(arch string) *baseImage {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if im, ok := b.byArch[arch]; ok {
+		return im
+	}
+	if b.byArch == nil {
+		b.byArch = map[string]*baseImage{}
+	}
+	im := &baseImage{done: make(chan struct{})}
+	b.byArch[arch] = im
+	go func() {
+		defer close(im.done)
+		im.path, im.err = b.build(b.ctx, arch)
+	}()
+	return im
+}
+
+// wait returns the image for arch once built.
+func (b *baseImages) wait(ctx context.Context, arch string) (string, error) {
+	im := b.start(arch)
 	select {
-	case <-b.done:
-		return b.path, b.err
+	case <-im.done:
+		return im.path, im.err
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
@@ -197,7 +229,7 @@ func (b *baseImage) wait(ctx context.Context) (string, error) {
 // matrix runs go test once per kernel.
 type matrix struct {
 	f         *runFlags
-	base      *baseImage
+	base      *baseImages
 	runDir    string
 	st        *status
 	pkgs      []string
@@ -247,7 +279,7 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		return
 	}
 	m.st.println(os.Stderr, fmt.Sprintf("[%s] %s (%s), accelerator %s", k.Name, p.kernel.Release, describePackages(p), accel))
-	base, err := m.base.wait(ctx)
+	base, err := m.base.wait(ctx, p.kernel.Arch)
 	if err != nil {
 		k.Error = fmt.Sprintf("build the guest image: %v", err)
 		k.Outcome = gotest.Fail
@@ -271,8 +303,15 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	}
 	goArgs = append(goArgs, pkgs...)
 	goArgs = append(goArgs, m.binArgs...)
+	cgo := m.cgo()
+	if cgo == "1" && p.kernel.Arch != runtime.GOARCH {
+		k.Error = fmt.Sprintf("cgo and -race need a C toolchain for %s guests, which vmtest does not set up: run them on %s kernels, or build without cgo (CGO_ENABLED=0)", p.kernel.Arch, runtime.GOARCH)
+		k.Outcome = gotest.Fail
+		m.st.set(k.Name, "failed: "+k.Error)
+		return
+	}
 	cmd := exec.Command("go", goArgs...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED="+m.cgo(), "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+base)
+	cmd.Env = append(os.Environ(), "GOARCH="+p.kernel.Arch, "CGO_ENABLED="+cgo, "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+base)
 	cmd.Stderr = os.Stderr
 	// A process group of its own, so that stopping the run reaches go test
 	// and every vmtest exec under it however the signal came; but a shell
@@ -429,25 +468,36 @@ func kernelDir(name string) string {
 	return d
 }
 
-func kernelNames(s string) ([]string, error) {
+// kernelNames lists the kernels -kernel names, each for arch unless it names
+// its own architecture.
+func kernelNames(s, arch string) ([]string, error) {
+	var names []string
 	switch s {
 	case "all":
-		return kernels.MatrixNames(""), nil
+		names = kernels.MatrixNames("")
 	case kernels.SourceDebian, kernels.SourceOCI:
-		return kernels.MatrixNames(s), nil
+		names = kernels.MatrixNames(s)
+	default:
+		names = splitList(s)
 	}
-	names := splitList(s)
 	if len(names) == 0 {
 		return nil, errors.New("no kernel given")
 	}
+	matrix := s == "all" || s == kernels.SourceDebian || s == kernels.SourceOCI
 	seen := map[string]bool{}
+	var out []string
 	for _, n := range names {
+		n = withArch(n, arch)
+		if seen[n] && matrix {
+			continue // the matrix names it for both architectures
+		}
 		if seen[n] {
 			return nil, fmt.Errorf("kernel %s given twice", n)
 		}
 		seen[n] = true
+		out = append(out, n)
 	}
-	return names, nil
+	return out, nil
 }
 
 func splitList(s string) []string {

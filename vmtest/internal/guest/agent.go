@@ -81,7 +81,7 @@ func run(rootfs <-chan []error) error {
 		return err
 	}
 	defer f.Close()
-	a := &agent{w: proto.NewWriter(f, job.Key), limits: job.Limits}
+	a := &agent{w: proto.NewWriter(f, job.Key), limits: job.Limits, console: job.Console}
 	timeline("result port open")
 	a.hello()
 	kmsg, err := startKmsg(a.sendDmesg)
@@ -171,8 +171,9 @@ func openPort(path string) (*os.File, error) {
 }
 
 type agent struct {
-	w      *proto.Writer
-	limits proto.Limits
+	w       *proto.Writer
+	limits  proto.Limits
+	console string // the console device, for interactive commands
 
 	output     atomic.Int64 // bytes of command output and kernel log sent
 	outputOver atomic.Bool  // the output cap was reached and reported
@@ -335,7 +336,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	// killed before the next command.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if c.Terminal {
-		tty, err := onTerminal(cmd)
+		tty, err := onTerminal(a.console, cmd)
 		if err != nil {
 			a.faultf("terminal for %s: %v", c.ID, err)
 		} else {
@@ -375,7 +376,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 func (a *agent) shellOnFail(c proto.Command, env []string, ex proto.Exit) {
 	sh := exec.Command(c.ShellOnFail)
 	sh.Dir, sh.Env = c.Dir, env
-	tty, err := onTerminal(sh)
+	tty, err := onTerminal(a.console, sh)
 	if err != nil {
 		a.faultf("shell after %s failed: %v", c.ID, err)
 		return

@@ -12,15 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// consoleDevice is the guest's console (console=ttyS0): QEMU connects it to
-// the host's terminal for vmtest shell.
-const consoleDevice = "/dev/ttyS0"
+// defaultConsole is the guest's console when the job names none
+// (console=ttyS0 on x86): QEMU connects it to the host's terminal for
+// vmtest shell.
+const defaultConsole = "/dev/ttyS0"
 
 // onTerminal makes the console cmd's standard input, output and error and
 // its controlling terminal, in a session of its own: Ctrl-C there signals
 // its foreground job. The caller closes the terminal when cmd is done.
-func onTerminal(cmd *exec.Cmd) (*os.File, error) {
-	tty, err := openTerminal(cmd.Env)
+func onTerminal(console string, cmd *exec.Cmd) (*os.File, error) {
+	tty, err := openTerminal(console, cmd.Env)
 	if err != nil {
 		return nil, err
 	}
@@ -33,8 +34,11 @@ func onTerminal(cmd *exec.Cmd) (*os.File, error) {
 // discipline (echo, line editing, Ctrl-C as SIGINT, CR to NL), the host
 // terminal's size from COLUMNS and LINES in env, and kernel messages kept off
 // it (they still reach the host's dmesg.log).
-func openTerminal(env []string) (*os.File, error) {
-	f, err := os.OpenFile(consoleDevice, os.O_RDWR|unix.O_NOCTTY, 0)
+func openTerminal(console string, env []string) (*os.File, error) {
+	if console == "" {
+		console = defaultConsole
+	}
+	f, err := os.OpenFile(console, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}

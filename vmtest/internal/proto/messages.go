@@ -38,6 +38,9 @@ type Job struct {
 	Env []string `json:"env,omitempty"`
 	// ResultPort is the device of the result port, /dev/ttyS1 by default.
 	ResultPort string `json:"result_port,omitempty"`
+	// Console is the device of the kernel's console (console= on the
+	// command line), /dev/ttyS0 by default: interactive commands use it.
+	Console string `json:"console,omitempty"`
 	// Key tags the frames of this boot (see Writer). The agent reads it and
 	// removes the job file before any command runs.
 	Key []byte `json:"-"`
@@ -130,6 +133,9 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	if j.ResultPort != "" {
 		e.put("port", j.ResultPort)
 	}
+	if j.Console != "" {
+		e.put("console", j.Console)
+	}
 	if len(j.Key) > 0 {
 		e.put("key", hex.EncodeToString(j.Key))
 	}
@@ -182,6 +188,8 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 		switch tag := d.next(); tag {
 		case "port":
 			j.ResultPort = d.next()
+		case "console":
+			j.Console = d.next()
 		case "key":
 			k, err := hex.DecodeString(d.next())
 			if err != nil {

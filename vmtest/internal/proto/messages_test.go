@@ -23,6 +23,7 @@ func TestJobRoundTrip(t *testing.T) {
 			Modules:    []string{"/lib/modules/6.1/kernel/drivers/net/veth.ko"},
 			Env:        []string{"A=1", "B="},
 			ResultPort: "/dev/hvc0",
+			Console:    "/dev/ttyAMA0",
 			Key:        bytes.Repeat([]byte{0xa5}, KeySize),
 			Limits:     Limits{Output: 1 << 30, ArtifactBytes: 5, ArtifactFiles: 7},
 			Disks: []Disk{

@@ -1,0 +1,122 @@
+package vmtest
+
+import (
+	"debug/elf"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+)
+
+// machine is what booting a kernel of one architecture takes: the QEMU
+// binary and board, the console, and how the result port reaches the guest.
+type machine struct {
+	arch        string // GOARCH of the guest
+	qemu        string // default qemu-system binary
+	qemuPackage string // the Debian/Ubuntu package that has it
+	board       []string
+	// tcgCPU is the CPU model under software emulation. On arm64 it was
+	// chosen by measurement (README): "max" implements pointer
+	// authentication with QARMA, which costs a boot twice the time of a
+	// Cortex-A72, which has none of it and runs every suite.
+	tcgCPU string
+	// console is the kernel's console= device; earlycon makes the first
+	// lines appear before the console driver binds.
+	console, earlycon string
+	// resultPort is the guest's device of the result port and resultArgs
+	// the QEMU arguments that attach chardev id "res" there. x86 has a
+	// second UART; arm64's virt board has one (the console), so there it
+	// is a 16550 on PCI: 8250_pci is built into every arm64 kernel of the
+	// matrix, while virtio-pci and virtio-console are modules on 5.10 and
+	// 6.1, and the port must work before any module loads.
+	resultPort string
+	resultArgs []string
+	// kernelKind names the image format in error messages.
+	kernelKind string
+}
+
+var machines = map[string]machine{
+	"amd64": {
+		arch: "amd64", qemu: "qemu-system-x86_64", qemuPackage: "qemu-system-x86",
+		board:   []string{"-M", "q35"},
+		tcgCPU:  "max",
+		console: "ttyS0", earlycon: "",
+		resultPort: "/dev/ttyS1",
+		resultArgs: []string{"-serial", "chardev:res"},
+		kernelKind: "a bzImage for x86-64",
+	},
+	"arm64": {
+		arch: "arm64", qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",
+		board:   []string{"-M", "virt"},
+		tcgCPU:  "cortex-a72",
+		console: "ttyAMA0", earlycon: "earlycon=pl011,0x9000000",
+		resultPort: "/dev/ttyS0",
+		resultArgs: []string{"-device", "pci-serial,chardev=res"},
+		kernelKind: "an arm64 Image",
+	},
+}
+
+// machineFor returns the machine of a GOARCH.
+func machineFor(arch string) (machine, error) {
+	m, ok := machines[arch]
+	if !ok {
+		return machine{}, fmt.Errorf("vmtest: no guests of architecture %q (have %s)", arch, strings.Join(slices.Sorted(maps.Keys(machines)), ", "))
+	}
+	return m, nil
+}
+
+// native reports whether the machine's guests can run under KVM on this host.
+func (m machine) native() bool { return m.arch == runtime.GOARCH }
+
+// consoleDevice is the guest's path of the console.
+func (m machine) consoleDevice() string { return "/dev/" + m.console }
+
+// elfMachines maps a GOARCH to its ELF machine.
+var elfMachines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+// BinaryArch returns the GOARCH an ELF executable is built for, "" if it is
+// no ELF file (a script).
+func BinaryArch(path string) (string, error) {
+	r, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	var magic [4]byte
+	if _, err := io.ReadFull(r, magic[:]); err != nil || string(magic[:]) != elf.ELFMAG {
+		return "", nil
+	}
+	f, err := elf.NewFile(r)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	for arch, m := range elfMachines {
+		if f.Machine == m {
+			return arch, nil
+		}
+	}
+	return f.Machine.String(), nil
+}
+
+// checkBinaries refuses command binaries built for another architecture
+// than the kernel's, which would otherwise fail in the guest with a bare
+// "exec format error".
+func (o *Options) checkBinaries() error {
+	for _, c := range o.Commands {
+		if c.GuestPath != "" || c.Binary == "" {
+			continue
+		}
+		arch, err := BinaryArch(c.Binary)
+		if err != nil {
+			return fmt.Errorf("vmtest: command %s: %w", c.ID, err)
+		}
+		if arch != "" && arch != o.mach.arch {
+			return fmt.Errorf("vmtest: %s is built for %s, the kernel %s is %s: build it with GOARCH=%s (vmtest run -arch %s does that for go test)",
+				c.Binary, arch, o.Kernel, o.mach.arch, o.mach.arch, o.mach.arch)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package vmtest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestMachineArgs checks the parts of the QEMU command line that differ by
+// architecture: a board the kernel has drivers for, the console the kernel
+// writes to, and the result port where the agent looks for it.
+func TestMachineArgs(t *testing.T) {
+	for _, tc := range []struct {
+		arch    string
+		want    []string // consecutive argument pairs
+		console string
+		port    string
+	}{
+		{"amd64", []string{"-M q35", "-cpu max", "-serial chardev:res"}, "console=ttyS0,115200", "/dev/ttyS1"},
+		{"arm64", []string{"-M virt", "-cpu cortex-a72", "-device pci-serial,chardev=res"}, "console=ttyAMA0,115200", "/dev/ttyS0"},
+	} {
+		t.Run(tc.arch, func(t *testing.T) {
+			m, err := machineFor(tc.arch)
+			require.NoError(t, err)
+			opts := Options{Kernel: "k", mach: m}
+			args := qemuArgs(opts, AccelChoice{Name: AccelTCG}, "initrd", nil, 3)
+			line := strings.Join(args, " ")
+			for _, w := range tc.want {
+				assert.Contains(t, line, w)
+			}
+			assert.Contains(t, line, tc.console)
+			assert.Contains(t, line, "socket,id=res,fd=3")
+			assert.Equal(t, tc.port, m.resultPort)
+			// The floor has no port but the same machine.
+			floor := strings.Join(qemuArgs(opts, AccelChoice{Name: AccelTCG}, "initrd", nil, -1), " ")
+			assert.Contains(t, floor, "null,id=res")
+			assert.Equal(t, strings.Replace(line, "socket,id=res,fd=3", "null,id=res", 1), floor)
+		})
+	}
+	_, err := machineFor("riscv64")
+	assert.ErrorContains(t, err, `no guests of architecture "riscv64" (have amd64, arm64)`)
+}
+
+// TestBinaryArch builds a program for both architectures and checks that a
+// command built for the wrong one is refused before boot, with the fix.
+func TestBinaryArch(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	require.NoError(t, os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644))
+	bins := map[string]string{}
+	for _, arch := range []string{"amd64", "arm64"} {
+		bins[arch] = filepath.Join(dir, arch)
+		cmd := exec.Command("go", "build", "-o", bins[arch], src)
+		cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+arch, "CGO_ENABLED=0", "GO111MODULE=off")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		got, err := BinaryArch(bins[arch])
+		require.NoError(t, err)
+		assert.Equal(t, arch, got)
+	}
+	script := filepath.Join(dir, "script")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755))
+	got, err := BinaryArch(script)
+	require.NoError(t, err)
+	assert.Empty(t, got, "a script has no architecture")
+
+	arm, err := machineFor("arm64")
+	require.NoError(t, err)
+	o := Options{Kernel: "Image", mach: arm, Commands: []Command{{ID: "t", Binary: bins["arm64"]}, {ID: "s", Binary: script}}}
+	assert.NoError(t, o.checkBinaries())
+	o.Commands = append(o.Commands, Command{ID: "x", Binary: bins["amd64"]})
+	assert.ErrorContains(t, o.checkBinaries(), "is built for amd64, the kernel Image is arm64: build it with GOARCH=arm64")
+}
