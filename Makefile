@@ -2,6 +2,9 @@
 # make test     runs the project's own tests (they boot real kernels too)
 
 KERNEL      ?= 6.1
+# Guest architecture of KERNEL (amd64 or arm64; a kernel may also name its
+# own: KERNEL=6.12/arm64). Other architectures than the host's run emulated.
+ARCH        ?= amd64
 GO          ?= go
 SUITES      ?= ./suites/skbstore ./suites/tagflow
 # Modules the suites need in the guest, loaded with their dependencies.
@@ -22,27 +25,31 @@ all: help
 
 help:
 	@echo "make vmtest [KERNEL=6.1]   run the suites inside a guest kernel (KERNEL: 5.10, 6.1, 6.12, 7.2, 7.3 from"
-	@echo "                           Debian; 5.4, 5.15, 6.6, stable, mainline... from ghcr.io/cilium/ci-kernels)"
+	@echo "           [ARCH=arm64]    Debian; 5.4, 5.15, 6.6, stable, mainline... from ghcr.io/cilium/ci-kernels);"
+	@echo "                           ARCH=arm64 (or KERNEL=6.12/arm64) boots arm64 guests, emulated on x86"
 	@echo "make vmtest-matrix         run the suites on every kernel of the matrix (bin/vmtest kernels lists it)"
 	@echo "make test                  run the project's tests"
 	@echo "make bench                 runner vs a bare boot per kernel, and the per-packet cost of skb-keyed storage"
 
+# QEMU for ARCH, and for arm64 when a kernel names it.
 deps:
-	@ci/deps.sh
+	@ci/deps.sh $(ARCH) $(if $(findstring arm64,$(KERNEL)),arm64)
 
 # Always rebuilt: go's build cache makes it cheap, and a stale runner lies.
 bin/vmtest:
 	CGO_ENABLED=0 $(GO) build -o $@ ./vmtest/cmd/vmtest
 
 vmtest: deps bin/vmtest
-	$(VMTEST) run -kernel $(KERNEL) -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
+	$(VMTEST) run -kernel $(KERNEL) -arch $(ARCH) -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
-vmtest-matrix: deps bin/vmtest
+vmtest-matrix: bin/vmtest
+	@ci/deps.sh amd64 arm64
 	$(VMTEST) run -kernel all -cpus $(CPUS) -modules '$(MODULES)' $(VMTEST_ARGS) -- go test $(SUITES) $(TESTFLAGS)
 
 # -count=1: the tests boot kernels; a cached pass proves nothing about today's
 # kernels. -p 1: one package at a time, so guests are not starved of CPU.
-test: deps
+test:
+	@ci/deps.sh amd64 arm64
 	bpf/check-generated.sh
 	$(GO) vet $(PACKAGES)
 	$(GO) test -count=1 -p 1 -timeout 60m $(PACKAGES) $(TESTFLAGS)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 )
 
@@ -105,6 +104,16 @@ func LoadStorageBench() (*StorageBench, error) {
 		return nil, fmt.Errorf("storage bench: load: %w", err)
 	}
 	b.coll = coll
+	// Task storage is timed in fentry programs: a kernel that cannot
+	// attach them (arm64 before 6.4) has it but cannot be measured here.
+	if p := coll.Programs[string(StorageTaskLookup)]; p != nil {
+		l, err := attachTrampoline(p)
+		if errors.Is(err, ErrNoTrampoline) {
+			b.noTask = err.Error()
+		} else if err == nil {
+			l.Close()
+		}
+	}
 	return b, nil
 }
 
@@ -152,7 +161,7 @@ func (b *StorageBench) Run(op StorageOp, n int) (StorageOpResult, error) {
 	if op.tracing() {
 		// The test run calls bpf_fentry_test1 once, where the program
 		// is attached for the duration.
-		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		l, err := attachTrampoline(prog)
 		if err != nil {
 			return res, fmt.Errorf("storage bench (%s): attach: %w", op, err)
 		}

@@ -161,6 +161,12 @@ func Load(opts Options) (*Store, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)
 	}
+	// Every strategy creates entries from fexit programs: on a kernel that
+	// cannot attach them, say so before what its BTF lacks (arm64 5.10
+	// also inlines kfree_skbmem) turns into load errors.
+	if err := Trampolines(); err != nil {
+		return nil, fmt.Errorf("skbstore: %w", err)
+	}
 	kspec, err := kernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load kernel BTF: %w", err)
@@ -366,7 +372,13 @@ func (s *Store) Attach() error {
 	}
 	sort.SliceStable(order, func(i, j int) bool { return order[i].role < order[j].role })
 	for _, h := range order {
-		l, err := link.AttachTracing(link.TracingOptions{Program: s.progs[h.prog]})
+		var l link.Link
+		var err error
+		if h.kind == kindTracepoint {
+			l, err = link.AttachTracing(link.TracingOptions{Program: s.progs[h.prog]})
+		} else {
+			l, err = attachTrampoline(s.progs[h.prog])
+		}
 		if err != nil {
 			s.detachLocked()
 			return fmt.Errorf("attach %s to %s %s: %w", h.prog, h.kind, s.targetOf[h.prog], err)

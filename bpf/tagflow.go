@@ -232,7 +232,13 @@ func (t *TagFlow) attach(names ...string) error {
 		if p == nil {
 			continue // a skipped reader
 		}
-		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		var l link.Link
+		var err error
+		if strings.HasPrefix(name, "free_") { // tp_btf
+			l, err = link.AttachTracing(link.TracingOptions{Program: p})
+		} else { // fentry, fexit
+			l, err = attachTrampoline(p)
+		}
 		if err != nil {
 			return fmt.Errorf("attach %s: %w", name, err)
 		}

@@ -21,7 +21,10 @@ kvm)
 	;;
 install)
 	# deps.sh names or installs what is missing (as root, with apt-get).
-	as_root env "PATH=$PATH" DEBIAN_FRONTEND=noninteractive "$here/ci/deps.sh"
+	# QEMU for the guests' architecture, and arm64's when a kernel names it.
+	archs=("${INPUT_ARCH:-amd64}")
+	case ",${INPUT_KERNEL:-}," in *"/arm64,"*) archs+=(arm64) ;; esac
+	as_root env "PATH=$PATH" DEBIAN_FRONTEND=noninteractive "$here/ci/deps.sh" "${archs[@]}"
 	;;
 runner)
 	bin="${RUNNER_TEMP:-/tmp}/vmtest-bin"
@@ -35,9 +38,12 @@ run)
 	results="$(mkdir -p "${INPUT_RESULTS:-vmtest-results}" && cd "${INPUT_RESULTS:-vmtest-results}" && pwd)"
 	echo "results=$results" >>"$GITHUB_OUTPUT"
 	# Artifact names take no ':', '/' or ','; a kernel name may have them.
-	artifact="${INPUT_ARTIFACT_NAME:-vmtest-results-${GITHUB_JOB:-job}-${INPUT_KERNEL:-6.1}}"
+	arch="${INPUT_ARCH:-amd64}"
+	suffix=""
+	[ "$arch" = amd64 ] || suffix="-$arch"
+	artifact="${INPUT_ARTIFACT_NAME:-vmtest-results-${GITHUB_JOB:-job}-${INPUT_KERNEL:-6.1}$suffix}"
 	echo "artifact=$(printf '%s' "$artifact" | tr -c 'A-Za-z0-9._-' '_')" >>"$GITHUB_OUTPUT"
-	args=(run -kernel "${INPUT_KERNEL:-6.1}" -cpus "${INPUT_CPUS:-2}" -memory "${INPUT_MEMORY:-1024}" -results "$results")
+	args=(run -kernel "${INPUT_KERNEL:-6.1}" -arch "$arch" -cpus "${INPUT_CPUS:-2}" -memory "${INPUT_MEMORY:-1024}" -results "$results")
 	if [ -n "${INPUT_MODULES:-}" ]; then
 		args+=(-modules "$INPUT_MODULES")
 	fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the host tools that `make vmtest` and `make test` need. As root on
+# Checks the host tools that `make vmtest` and `make test` need, for guests
+# of the architectures given as arguments (default amd64). As root on
 # Debian/Ubuntu it installs what is missing with apt-get; otherwise it stops
 # and names exactly what to install.
 set -euo pipefail
@@ -13,7 +14,20 @@ if ! command -v go >/dev/null 2>&1; then
 	echo "vmtest: 'go' was not found on PATH: install Go 1.26 or newer (https://go.dev/doc/install)" >&2
 	exit 1
 fi
-need qemu-system-x86_64 qemu-system-x86
+# QEMU for each guest architecture asked for (arguments: amd64, arm64;
+# amd64 when none is given).
+archs=("$@")
+[ ${#archs[@]} -gt 0 ] || archs=(amd64)
+for arch in "${archs[@]}"; do
+	case "$arch" in
+	amd64) need qemu-system-x86_64 qemu-system-x86 ;;
+	arm64) need qemu-system-aarch64 qemu-system-arm ;;
+	*)
+		echo "vmtest: unknown guest architecture '$arch': give amd64 or arm64" >&2
+		exit 2
+		;;
+	esac
+done
 # The kernel fetcher uses apt-get (with a private state, never the host's) and dpkg-deb.
 need apt-get apt
 need dpkg-deb dpkg

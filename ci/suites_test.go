@@ -20,7 +20,7 @@ import (
 
 // guestKernels are the kernels CI runs the suites on; `make vmtest-matrix`
 // runs them on all.
-var guestKernels = []string{"6.1", "6.12"}
+var guestKernels = []string{"6.1", "6.12", "6.12/arm64"}
 
 func TestSuitesInGuests(t *testing.T) {
 	if testing.Short() {

@@ -1,5 +1,7 @@
 package kernels
 
+import "strings"
+
 // MatrixKernel is one kernel of the project's matrix: the kernels its
 // suites are run on, from the oldest LTS to mainline.
 type MatrixKernel struct {
@@ -25,6 +27,10 @@ func Matrix() []MatrixKernel {
 		{Name: "6.12", Source: SourceDebian, Note: "LTS; Debian 13 trixie", Local: true},
 		{Name: "7.2", Source: SourceDebian, Note: "Debian unstable (sid)"},
 		{Name: "7.3", Source: SourceDebian, Note: "Debian experimental"},
+		// arm64 from 6.4 on: older arm64 kernels cannot attach fentry/fexit
+		// to kernel functions, so the suites skip there (README).
+		{Name: "6.12", Arch: "arm64", Source: SourceDebian, Note: "arm64, emulated on x86 hosts; Debian 13 trixie", Local: true},
+		{Name: "7.2", Arch: "arm64", Source: SourceDebian, Note: "arm64; Debian unstable (sid)"},
 		{Name: "stable", Source: SourceOCI, Note: "the newest stable release (a moving tag)"},
 		{Name: "mainline", Source: SourceOCI, Note: "the newest mainline release or -rc (a moving tag)"},
 	}
@@ -44,4 +50,27 @@ func MatrixNames(source string) []string {
 		}
 	}
 	return names
+}
+
+// MatrixEntry is a matrix kernel as the GitHub workflow's job matrix takes
+// it (`vmtest kernels -matrix`).
+type MatrixEntry struct {
+	Kernel string `json:"kernel"` // FullName
+	Arch   string `json:"arch"`
+	// ID names the kernel where "/" is not allowed (artifact and cache
+	// names): "6.12-arm64".
+	ID string `json:"id"`
+}
+
+// MatrixEntries returns the matrix for the workflow, oldest first.
+func MatrixEntries() []MatrixEntry {
+	var out []MatrixEntry
+	for _, k := range Matrix() {
+		arch := k.Arch
+		if arch == "" {
+			arch = DefaultArch
+		}
+		out = append(out, MatrixEntry{Kernel: k.FullName(), Arch: arch, ID: strings.ReplaceAll(k.FullName(), "/", "-")})
+	}
+	return out
 }

@@ -257,6 +257,9 @@ func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, bod
 	logDir := "verifier/" + string(opts.Strategy) + "-" + string(opts.MapVariant)
 	if err != nil {
 		res.Reason = err.Error()
+		if errors.Is(err, bpf.ErrNoTrampoline) {
+			t.Skipf("load: %v", err)
+		}
 		var le *bpf.LoadError
 		if errors.As(err, &le) {
 			res.Skipped = le.Skipped
@@ -286,6 +289,9 @@ func (s *suiteLog) runStore(t *testing.T, caseName string, opts bpf.Options, bod
 	}
 	if err := store.Attach(); err != nil {
 		res.Reason = err.Error()
+		if errors.Is(err, bpf.ErrNoTrampoline) {
+			t.Skipf("attach: %v", err)
+		}
 		t.Fatalf("attach: %v", err)
 	}
 	res.Programs = store.Programs()

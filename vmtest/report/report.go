@@ -174,13 +174,14 @@ func KernelFromDir(root, dir string, k *Kernel, opts Options) error {
 	runs := findRuns(dir)
 	for _, p := range sum.Packages {
 		s := &Suite{Package: p.Name, Name: gotest.ShortName(p.Name), Outcome: p.Outcome, Elapsed: p.Elapsed.Seconds()}
+		outcomes := effectiveOutcomes(p.Tests)
 		for _, t := range p.Tests {
-			rt := &Test{Name: t.Name, Outcome: t.Outcome, Elapsed: t.Elapsed.Seconds()}
+			rt := &Test{Name: t.Name, Outcome: outcomes[t.Name], Elapsed: t.Elapsed.Seconds()}
 			if t.Outcome != gotest.Pass && t.Outcome != gotest.Skip {
 				rt.Output = t.Output
 			}
 			s.Tests = append(s.Tests, rt)
-			switch t.Outcome {
+			switch rt.Outcome {
 			case gotest.Pass:
 				s.Counts.Passed++
 			case gotest.Skip:
@@ -373,4 +374,39 @@ func (r *Report) Write(dir string) error {
 		return err
 	}
 	return writeFile(filepath.Join(dir, "summary.md"), r.Markdown)
+}
+
+// effectiveOutcomes maps each test to its outcome, except that a test that
+// passed while every one of its subtests skipped counts as skipped: go test
+// passes such a parent, but nothing was checked under it, and a package of
+// such tests must not pass as if something had been.
+func effectiveOutcomes(tests []*gotest.Test) map[string]string {
+	out := make(map[string]string, len(tests))
+	children := map[string][]string{}
+	for _, t := range tests {
+		out[t.Name] = t.Outcome
+		if i := strings.LastIndexByte(t.Name, '/'); i > 0 {
+			children[t.Name[:i]] = append(children[t.Name[:i]], t.Name)
+		}
+	}
+	// Deepest first, so a parent sees its children's effective outcomes.
+	names := make([]string, 0, len(tests))
+	for _, t := range tests {
+		names = append(names, t.Name)
+	}
+	sort.SliceStable(names, func(i, j int) bool { return strings.Count(names[i], "/") > strings.Count(names[j], "/") })
+	for _, n := range names {
+		kids := children[n]
+		if out[n] != gotest.Pass || len(kids) == 0 {
+			continue
+		}
+		allSkipped := true
+		for _, k := range kids {
+			allSkipped = allSkipped && out[k] == gotest.Skip
+		}
+		if allSkipped {
+			out[n] = gotest.Skip
+		}
+	}
+	return out
 }

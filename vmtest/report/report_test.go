@@ -166,6 +166,37 @@ func TestEverySkippedFailsUnlessAllowed(t *testing.T) {
 	}
 }
 
+// TestParentOfSkippedSubtestsIsSkipped: go test passes a test whose every
+// subtest skipped (a suite on a kernel that cannot attach its programs);
+// that checked nothing, so it counts as skipped and a package of such tests
+// fails unless skips are allowed. One passed subtest makes the parent pass.
+func TestParentOfSkippedSubtestsIsSkipped(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		events []string
+		want   Counts
+		result string
+	}{
+		{"all subtests skipped", []string{ev("run", "TestA"), ev("run", "TestA/x"), ev("skip", "TestA/x"), ev("run", "TestA/y"), ev("skip", "TestA/y"),
+			ev("pass", "TestA"), ev("pass", "")}, Counts{Failed: 1, Skipped: 3}, "fail"},
+		{"nested, all skipped", []string{ev("run", "TestA"), ev("run", "TestA/x"), ev("run", "TestA/x/1"), ev("skip", "TestA/x/1"), ev("pass", "TestA/x"),
+			ev("pass", "TestA"), ev("pass", "")}, Counts{Failed: 1, Skipped: 3}, "fail"},
+		{"one subtest passed", []string{ev("run", "TestA"), ev("run", "TestA/x"), ev("skip", "TestA/x"), ev("run", "TestA/y"), ev("pass", "TestA/y"),
+			ev("pass", "TestA"), ev("pass", "")}, Counts{Passed: 2, Skipped: 1}, "pass"},
+		{"a leaf test passed beside", []string{ev("run", "TestA"), ev("run", "TestA/x"), ev("skip", "TestA/x"), ev("pass", "TestA"),
+			ev("run", "TestB"), ev("pass", "TestB"), ev("pass", "")}, Counts{Passed: 1, Skipped: 2}, "pass"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			writeRun(t, root, "6.1", tc.events, &vmtest.Result{Accel: vmtest.AccelChoice{Name: "tcg"}}, nil)
+			k := &Kernel{Name: "6.1"}
+			require.NoError(t, KernelFromDir(root, filepath.Join(root, "6.1"), k, Options{}))
+			assert.Equal(t, tc.want, k.Counts)
+			assert.Equal(t, tc.result, k.Outcome)
+		})
+	}
+}
+
 func TestRunnerFaultsFailTheSuite(t *testing.T) {
 	root := t.TempDir()
 	writeRun(t, root, "6.1", []string{ev("run", "TestA"), ev("pass", "TestA"), ev("pass", "")},

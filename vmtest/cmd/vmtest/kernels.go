@@ -15,7 +15,7 @@ import (
 func kernelsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("vmtest kernels", flag.ContinueOnError)
 	fetch := fs.String("fetch", "", "fetch this kernel version (or local kernel path) into the cache")
-	matrix := fs.Bool("matrix", false, "print the kernel matrix's names as a JSON list (for a CI matrix: fromJSON) and exit")
+	matrix := fs.Bool("matrix", false, "print the kernel matrix as a JSON list of {kernel, arch, id} (for a CI job matrix: include: fromJSON(...); id is the name without \"/\") and exit")
 	debug := fs.Bool("debug", false, "with -fetch: also fetch the kernel's vmlinux with debug info, for gdb (Debian: its -dbg package, some 300 MB; local: the vmlinux beside it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest kernels [-fetch VERSION [-debug]]\n\nLists available and cached kernels; -fetch fetches one and prints its release and image\n(and, with -debug, its vmlinux with symbols, which -gdb then names in the gdb command).\n\nFlags:\n")
@@ -28,7 +28,7 @@ func kernelsCmd(ctx context.Context, args []string) error {
 		return errUsage
 	}
 	if *matrix {
-		b, err := json.Marshal(kernels.MatrixNames(""))
+		b, err := json.Marshal(kernels.MatrixEntries())
 		if err != nil {
 			return err
 		}
@@ -70,7 +70,7 @@ func kernelsCmd(ctx context.Context, args []string) error {
 	for _, m := range kernels.Matrix() {
 		have := ""
 		for _, k := range cached {
-			if k.Name == m.Name {
+			if k.Name == m.FullName() {
 				have = "cached: " + k.Release
 				break
 			}
@@ -78,7 +78,7 @@ func kernelsCmd(ctx context.Context, args []string) error {
 		if m.Local {
 			m.Note += "; booted by make test"
 		}
-		fmt.Printf("  %-9s %-7s %-58s %s\n", m.Name, m.Source, m.Note, have)
+		fmt.Printf("  %-11s %-7s %-58s %s\n", m.FullName(), m.Source, m.Note, have)
 	}
 	fmt.Printf("Debian also has the -generic and -rt flavours of %s; the OCI repository any tag it has\n"+
 		"(6.6.134, longterm, NAME-debug, NAME-selftests) and NAME@sha256:... digests.\n", strings.Join(kernels.Available(), ", "))
@@ -87,7 +87,7 @@ func kernelsCmd(ctx context.Context, args []string) error {
 		fmt.Println("  (none)")
 	}
 	for _, k := range cached {
-		fmt.Printf("  %-8s %-28s %-8s %-22s %6.0f MB on disk, fetched %s\n", k.Name, k.Release, k.Source, k.Version,
+		fmt.Printf("  %-11s %-28s %-8s %-22s %6.0f MB on disk, fetched %s\n", k.Name, k.Release, k.Source, k.Version,
 			float64(k.TreeSize+k.DebSize)/1e6, k.FetchedAt.Local().Format("2006-01-02 15:04"))
 	}
 	return nil
