@@ -93,3 +93,62 @@ func TestSuitesInGuests(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(md), "skbstore: measurements")
 }
+
+// TestSuitesSkipWithoutTrampolines runs the suites on an arm64 kernel that
+// cannot attach fentry/fexit programs to kernel functions (6.1: arm64 has
+// BPF trampolines for them from 6.4): every case must skip with that
+// reason, the run must fail because nothing was checked (go test passes a
+// parent whose subtests all skipped; the report must not), and pass only
+// with -allow-skip.
+func TestSuitesSkipWithoutTrampolines(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a real arm64 kernel under QEMU; skipped with -short")
+	}
+	bin := filepath.Join(t.TempDir(), "vmtest")
+	build := exec.Command("go", "build", "-o", bin, "../vmtest/cmd/vmtest")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	for _, allow := range []bool{false, true} {
+		results := t.TempDir()
+		args := []string{"run", "-kernel", "6.1", "-arch", "arm64", "-results", results}
+		if allow {
+			args = append(args, "-allow-skip")
+		}
+		args = append(args, "--", "go", "test", "./suites/skbstore", "./suites/tagflow", "-run", "^(TestAllocConsume|TestUDP)$")
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = ".."
+		out, err := cmd.CombinedOutput()
+		t.Logf("%s", out)
+		if allow {
+			require.NoError(t, err, "-allow-skip accepts a run where everything skipped")
+		} else {
+			require.Error(t, err, "a run that checked nothing fails")
+		}
+		dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
+		require.NoError(t, err)
+		b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+		require.NoError(t, err)
+		var rep report.Report
+		require.NoError(t, json.Unmarshal(b, &rep))
+		require.Len(t, rep.Kernels, 1)
+		k := rep.Kernels[0]
+		assert.Equal(t, "6.1/arm64", k.Name)
+		assert.Contains(t, k.Release, "arm64")
+		assert.Zero(t, k.Counts.Passed, "nothing was checked, so nothing passed")
+		assert.Positive(t, k.Counts.Skipped)
+		require.Len(t, k.Suites, 2)
+		for _, s := range k.Suites {
+			if allow {
+				assert.Equal(t, "pass", s.Outcome, s.Name)
+			} else {
+				assert.Equal(t, "fail", s.Outcome, s.Name)
+				assert.Contains(t, strings.Join(s.Faults, "\n"), "nothing was checked", s.Name)
+			}
+			o, err := os.ReadFile(filepath.Join(dir, s.Dir, s.Name+".out"))
+			require.NoError(t, err)
+			assert.Contains(t, string(o), "no BPF trampoline", "%s: the skip says why", s.Name)
+		}
+	}
+}

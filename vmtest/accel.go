@@ -147,7 +147,7 @@ func ChooseAccel(ctx context.Context, qemu, kernel, want, cache string) (AccelCh
 		return AccelChoice{}, fmt.Errorf("unknown accelerator %q: want auto, kvm or tcg", want)
 	}
 	if !m.native() {
-		return AccelChoice{AccelTCG, fmt.Sprintf("software emulation: %s guest on a %s host", m.arch, runtime.GOARCH)}, nil
+		return AccelChoice{AccelTCG, fmt.Sprintf("software emulation: %s guest on this %s host", m.arch, runtime.GOARCH)}, nil
 	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
@@ -185,7 +185,7 @@ func probeKVM(ctx context.Context, qemu, kernel string, m machine) AccelChoice {
 	defer cancel()
 	start := time.Now()
 	args := []string{"-nodefaults", "-no-user-config", "-display", "none"}
-	args = append(args, m.board...)
+	args = append(args, m.boardArgs(AccelKVM)...)
 	early := m.earlycon
 	if early == "" {
 		early = "earlyprintk=serial," + m.console

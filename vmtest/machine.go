@@ -18,6 +18,7 @@ type machine struct {
 	qemu        string // default qemu-system binary
 	qemuPackage string // the Debian/Ubuntu package that has it
 	board       []string
+	kvmBoard    []string // the board under KVM, if it differs
 	// tcgCPU is the CPU model under software emulation. On arm64 it was
 	// chosen by measurement (README): "max" implements pointer
 	// authentication with QARMA, which costs a boot twice the time of a
@@ -50,9 +51,12 @@ var machines = map[string]machine{
 	},
 	"arm64": {
 		arch: "arm64", qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",
-		board:   []string{"-M", "virt"},
-		tcgCPU:  "cortex-a72",
-		console: "ttyAMA0", earlycon: "earlycon=pl011,0x9000000",
+		board: []string{"-M", "virt"},
+		// Under KVM the interrupt controller must be the host's kind (a
+		// GICv3 host may have no GICv2 emulation).
+		kvmBoard: []string{"-M", "virt,gic-version=host"},
+		tcgCPU:   "cortex-a72",
+		console:  "ttyAMA0", earlycon: "earlycon=pl011,0x9000000",
 		resultPort: "/dev/ttyS0",
 		resultArgs: []string{"-device", "pci-serial,chardev=res"},
 		kernelKind: "an arm64 Image",
@@ -119,4 +123,12 @@ func (o *Options) checkBinaries() error {
 		}
 	}
 	return nil
+}
+
+// boardArgs is the -M argument under the accelerator.
+func (m machine) boardArgs(accel string) []string {
+	if accel == AccelKVM && m.kvmBoard != nil {
+		return m.kvmBoard
+	}
+	return m.board
 }

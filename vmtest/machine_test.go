@@ -42,7 +42,12 @@ func TestMachineArgs(t *testing.T) {
 			assert.Equal(t, strings.Replace(line, "socket,id=res,fd=3", "null,id=res", 1), floor)
 		})
 	}
-	_, err := machineFor("riscv64")
+	arm, err := machineFor("arm64")
+	require.NoError(t, err)
+	kvm := strings.Join(qemuArgs(Options{Kernel: "k", mach: arm}, AccelChoice{Name: AccelKVM}, "initrd", nil, 3), " ")
+	assert.Contains(t, kvm, "-M virt,gic-version=host", "under KVM the host's interrupt controller")
+	assert.Contains(t, kvm, "-accel kvm -cpu host")
+	_, err = machineFor("riscv64")
 	assert.ErrorContains(t, err, `no guests of architecture "riscv64" (have amd64, arm64)`)
 }
 

@@ -508,7 +508,7 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 		cmdline = append(cmdline, m.earlycon)
 	}
 	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"}
-	args = append(args, m.board...)
+	args = append(args, m.boardArgs(accel.Name)...)
 	args = append(args, "-m", fmt.Sprint(mem), "-smp", fmt.Sprint(cpus))
 	if opts.CPUModel != "" {
 		m.tcgCPU = opts.CPUModel

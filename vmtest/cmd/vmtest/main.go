@@ -54,7 +54,7 @@ Usage:
   vmtest kernels [-fetch NAME [-debug]] [-matrix]
       Lists the kernel matrix, which source serves each kernel, and what is
       cached; -fetch fetches one (-debug: with its vmlinux for gdb); -matrix
-      prints the matrix's names as JSON, for CI matrices.
+      prints the matrix as JSON ({kernel, arch, id} each), for CI matrices.
 
   vmtest bench [-kernel all] [-n 7]
       Measures the cold-cache costs (kernel fetch, image build), the runner
@@ -67,21 +67,27 @@ Kernels (-kernel; default %[2]s) are looked for in Debian's archive first
 repository of kernel images, by default ghcr.io/cilium/ci-kernels: versions
 (6.6), exact releases (6.6.134), moving tags (stable, mainline, longterm),
 -debug and -selftests images, pinned digests (6.6@sha256:...). oci:NAME or
-debian:NAME asks one source; a path (containing "/") boots a local kernel;
-"all" is the matrix (%[3]s), "debian" and "oci" its parts.
+debian:NAME asks one source; NAME/arm64 (or -arch arm64) is the same kernel
+for arm64 guests, emulated on an x86 host (test binaries are built with
+GOARCH=arm64; cgo and -race stay on the host's architecture); a path
+(containing "/": write ./6.1/arm64 for a directory of that name) boots a local
+kernel, a bzImage or an arm64 Image; "all" is the matrix (%[3]s), "debian"
+and "oci" its parts.
 Kernels are cached in $VMTEST_CACHE_DIR, else $XDG_CACHE_HOME/skbstore-vmtest.
 
 Environment:
   VMTEST_ACCEL      auto (default), kvm or tcg; auto probes KVM with a short real
                     boot and falls back to software emulation (tcg)
-  VMTEST_QEMU       the qemu-system binary (default qemu-system-x86_64)
+  VMTEST_QEMU       the qemu-system binary for x86-64 guests (default qemu-system-x86_64)
+  VMTEST_QEMU_ARM64 the one for arm64 guests (default qemu-system-aarch64)
   VMTEST_CACHE_DIR  where kernels and images are cached
   VMTEST_OCI_REPO   the OCI repository of kernels (default ghcr.io/cilium/ci-kernels;
                     empty: none), e.g. a mirror; a moving tag is looked up again
                     after 24 hours, and results record the image digest
   VMTEST_SRC        a checkout of this project to build the (smaller) guest agent
                     from when vmtest runs outside it; without one, the vmtest
-                    program itself is the agent
+                    program itself is the agent (of guests of its own
+                    architecture: other architectures need the source)
 
 Run "vmtest run -h", "vmtest exec -h" or "vmtest bench -h" for flags.
 `
