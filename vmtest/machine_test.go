@@ -22,7 +22,7 @@ func TestMachineArgs(t *testing.T) {
 		port    string
 	}{
 		{"amd64", []string{"-M q35", "-cpu max", "-serial chardev:res"}, "console=ttyS0,115200", "/dev/ttyS1"},
-		{"arm64", []string{"-M virt", "-cpu cortex-a72", "-device pci-serial,chardev=res"}, "console=ttyAMA0,115200", "/dev/ttyS0"},
+		{"arm64", []string{"-M virt", "-cpu neoverse-n1", "-device pci-serial,chardev=res"}, "console=ttyAMA0,115200", "/dev/ttyS0"},
 	} {
 		t.Run(tc.arch, func(t *testing.T) {
 			m, err := machineFor(tc.arch)

@@ -101,7 +101,7 @@ type Options struct {
 	// from $PATH.
 	QEMU string
 	// CPUModel is QEMU's -cpu under software emulation; "" means the
-	// architecture's default (max on x86-64, cortex-a72 on arm64: the
+	// architecture's default (max on x86-64, neoverse-n1 on arm64: the
 	// fastest that runs the suites, README). KVM always uses the host's.
 	CPUModel string
 	// MemoryMB and CPUs size the guest; 0 means 512 MiB and 1 CPU.

@@ -108,7 +108,7 @@ type vmFlags struct {
 func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel to boot: a version ("+strings.Join(kernels.Available(), ", ")+" from Debian; others, tags like stable or mainline, and NAME@sha256:... from the OCI repository), \"all\" (the matrix: "+strings.Join(kernels.MatrixNames(""), ", ")+"), NAME/ARCH for another architecture (6.12/arm64), or a path to a kernel image (bzImage, arm64 Image); run takes a comma-separated list")
 	fs.StringVar(&f.arch, "arch", kernels.DefaultArch, "guest architecture ("+strings.Join(kernels.Arches(), ", ")+") of the kernels named without one: 6.12/arm64 names it; test binaries are built for it (go test with GOARCH), other architectures than the host's run under emulation")
-	fs.StringVar(&f.cpuModel, "cpu-model", "", "QEMU CPU model under software emulation (default max for x86-64, cortex-a72 for arm64); KVM uses the host's")
+	fs.StringVar(&f.cpuModel, "cpu-model", "", "QEMU CPU model under software emulation (default max for x86-64, neoverse-n1 for arm64); KVM uses the host's")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")

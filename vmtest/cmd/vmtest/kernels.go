@@ -78,10 +78,11 @@ func kernelsCmd(ctx context.Context, args []string) error {
 		if m.Local {
 			m.Note += "; booted by make test"
 		}
-		fmt.Printf("  %-11s %-7s %-58s %s\n", m.FullName(), m.Source, m.Note, have)
+		fmt.Printf("  %-11s %-7s %-70s %s\n", m.FullName(), m.Source, m.Note, have)
 	}
 	fmt.Printf("Debian also has the -generic and -rt flavours of %s; the OCI repository any tag it has\n"+
-		"(6.6.134, longterm, NAME-debug, NAME-selftests) and NAME@sha256:... digests.\n", strings.Join(kernels.Available(), ", "))
+		"(6.6.134, longterm, NAME-debug, NAME-selftests) and NAME@sha256:... digests. Any of them for\n"+
+		"arm64 guests: NAME/arm64 (Debian's arm64 packages, the OCI image's linux/arm64 platform).\n", strings.Join(kernels.Available(), ", "))
 	fmt.Printf("cached in %s:\n", c.Dir)
 	if len(cached) == 0 {
 		fmt.Println("  (none)")
