@@ -26,26 +26,17 @@ func TestSuitesInGuests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots real kernels under QEMU; skipped with -short")
 	}
-	bin := filepath.Join(t.TempDir(), "vmtest")
-	build := exec.Command("go", "build", "-o", bin, "../vmtest/cmd/vmtest")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "%s", out)
+	bin := buildRunner(t)
 
 	results := t.TempDir()
 	cmd := exec.Command(bin, "run", "-kernel", strings.Join(guestKernels, ","), "-cpus", "2", "-modules", "veth",
 		"-results", results, "--", "go", "test", "./suites/skbstore", "./suites/tagflow")
 	cmd.Dir = ".."
-	out, err = cmd.CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	t.Logf("%s", out)
 	require.NoError(t, err, "the suites must pass in every guest")
 
-	dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
-	require.NoError(t, err)
-	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
-	require.NoError(t, err)
-	var rep report.Report
-	require.NoError(t, json.Unmarshal(b, &rep))
+	dir, rep := readReport(t, results)
 	require.Len(t, rep.Kernels, len(guestKernels))
 	for _, k := range rep.Kernels {
 		assert.Equal(t, "pass", k.Outcome, "kernel %s", k.Name)
@@ -104,11 +95,7 @@ func TestSuitesSkipWithoutTrampolines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a real arm64 kernel under QEMU; skipped with -short")
 	}
-	bin := filepath.Join(t.TempDir(), "vmtest")
-	build := exec.Command("go", "build", "-o", bin, "../vmtest/cmd/vmtest")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "%s", out)
+	bin := buildRunner(t)
 
 	for _, allow := range []bool{false, true} {
 		results := t.TempDir()
@@ -126,12 +113,7 @@ func TestSuitesSkipWithoutTrampolines(t *testing.T) {
 		} else {
 			require.Error(t, err, "a run that checked nothing fails")
 		}
-		dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
-		require.NoError(t, err)
-		b, err := os.ReadFile(filepath.Join(dir, "report.json"))
-		require.NoError(t, err)
-		var rep report.Report
-		require.NoError(t, json.Unmarshal(b, &rep))
+		dir, rep := readReport(t, results)
 		require.Len(t, rep.Kernels, 1)
 		k := rep.Kernels[0]
 		assert.Equal(t, "6.1/arm64", k.Name)
@@ -151,4 +133,28 @@ func TestSuitesSkipWithoutTrampolines(t *testing.T) {
 			assert.Contains(t, string(o), "no BPF trampoline", "%s: the skip says why", s.Name)
 		}
 	}
+}
+
+// buildRunner builds the vmtest binary the way the Makefile does.
+func buildRunner(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "vmtest")
+	build := exec.Command("go", "build", "-o", bin, "../vmtest/cmd/vmtest")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+// readReport reads the newest run's report under results, and returns the
+// run's directory with it.
+func readReport(t *testing.T, results string) (string, *report.Report) {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(filepath.Join(results, "latest"))
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	require.NoError(t, err)
+	var rep report.Report
+	require.NoError(t, json.Unmarshal(b, &rep))
+	return dir, &rep
 }

@@ -175,35 +175,6 @@ func TestSymbolsArm64(t *testing.T) {
 	assert.Contains(t, err.Error(), "is a EM_X86_64 ET_EXEC, not an arm64 (AArch64) kernel (the image is arm64)")
 }
 
-func TestCheckVmlinuxArm64(t *testing.T) {
-	dir := t.TempDir()
-	image := filepath.Join(dir, "Image")
-	const rel = "6.12.1-cloud-arm64"
-	require.NoError(t, os.WriteFile(image, fakeArm64Image(rel, 0), 0o644))
-	for _, tc := range []struct {
-		name string
-		data []byte
-		want string // "" for accepted
-	}{
-		{"good", fakeVmlinuxFor(elf.EM_AARCH64, rel, "#1 SMP", true), ""},
-		{"x86-64", fakeVmlinuxFor(elf.EM_X86_64, rel, "#1 SMP", true), "not an arm64 (AArch64) kernel"},
-		{"other build", fakeVmlinuxFor(elf.EM_AARCH64, rel, "#2 SMP", true), "is not the build of the kernel image"},
-		{"other release", fakeVmlinuxFor(elf.EM_AARCH64, "6.12.2-cloud-arm64", "#1 SMP", true), "is not the build of the kernel image"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := filepath.Join(dir, tc.name)
-			require.NoError(t, os.WriteFile(p, tc.data, 0o644))
-			err := checkVmlinux(p, image)
-			if tc.want == "" {
-				require.NoError(t, err)
-				return
-			}
-			require.ErrorIs(t, err, ErrNoSymbols)
-			assert.Contains(t, err.Error(), tc.want)
-		})
-	}
-}
-
 func TestLocalKernelArm64(t *testing.T) {
 	const rel = "6.12.0-test-arm64"
 	build := t.TempDir()

@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"context"
+	"debug/elf"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,22 +82,35 @@ func TestCheckVmlinux(t *testing.T) {
 	dir := t.TempDir()
 	image := filepath.Join(dir, "vmlinuz")
 	require.NoError(t, os.WriteFile(image, fakeBzImage("6.1.0-41-cloud-amd64", 4096), 0o644))
+	// An arm64 kernel's vmlinux must be an AArch64 ELF of that build.
+	armImage := filepath.Join(dir, "Image")
+	const armRel = "6.12.1-cloud-arm64"
+	require.NoError(t, os.WriteFile(armImage, fakeArm64Image(armRel, 0), 0o644))
 	for _, tc := range []struct {
 		name string
 		data []byte
 		want string // "" for accepted
+		arm  bool   // checked against the arm64 Image
 	}{
-		{"good", fakeVmlinux("6.1.0-41-cloud-amd64", true), ""},
-		{"stripped", fakeVmlinux("6.1.0-41-cloud-amd64", false), "has no .debug_info"},
-		{"other release", fakeVmlinux("6.1.0-40-cloud-amd64", true), "is not the build of the kernel image"},
-		{"same release, other build", fakeVmlinuxBuild("6.1.0-41-cloud-amd64", "#2 SMP", true), "its banner names another release or build"},
-		{"a module", fakeELF("name=veth"), "not an x86-64 kernel"},
-		{"a bzImage", fakeBzImage("6.1.0-41-cloud-amd64", 4096), "bad magic"},
+		{"arm64 good", fakeVmlinuxFor(elf.EM_AARCH64, armRel, "#1 SMP", true), "", true},
+		{"arm64 given x86-64", fakeVmlinuxFor(elf.EM_X86_64, armRel, "#1 SMP", true), "not an arm64 (AArch64) kernel", true},
+		{"arm64 other build", fakeVmlinuxFor(elf.EM_AARCH64, armRel, "#2 SMP", true), "is not the build of the kernel image", true},
+		{"arm64 other release", fakeVmlinuxFor(elf.EM_AARCH64, "6.12.2-cloud-arm64", "#1 SMP", true), "is not the build of the kernel image", true},
+		{"good", fakeVmlinux("6.1.0-41-cloud-amd64", true), "", false},
+		{"stripped", fakeVmlinux("6.1.0-41-cloud-amd64", false), "has no .debug_info", false},
+		{"other release", fakeVmlinux("6.1.0-40-cloud-amd64", true), "is not the build of the kernel image", false},
+		{"same release, other build", fakeVmlinuxBuild("6.1.0-41-cloud-amd64", "#2 SMP", true), "its banner names another release or build", false},
+		{"a module", fakeELF("name=veth"), "not an x86-64 kernel", false},
+		{"a bzImage", fakeBzImage("6.1.0-41-cloud-amd64", 4096), "bad magic", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.name)
 			require.NoError(t, os.WriteFile(p, tc.data, 0o644))
-			err := checkVmlinux(p, image)
+			img := image
+			if tc.arm {
+				img = armImage
+			}
+			err := checkVmlinux(p, img)
 			if tc.want == "" {
 				require.NoError(t, err)
 				return
