@@ -153,4 +153,11 @@ func TestActionOnFixture(t *testing.T) {
 	code, summary, _ = runAction(t, fixture, map[string]string{"kernel": "6.1", "go-test": "./... -args -fail"})
 	assert.Equal(t, 1, code, "a failed test fails the job")
 	assert.Contains(t, summary, "1 failed")
+
+	// The arch input: the same module in an arm64 guest, emulated.
+	code, summary, outputs = runAction(t, fixture, map[string]string{"kernel": "6.12", "arch": "arm64", "go-test": "./... -v"})
+	require.Equal(t, 0, code, "the action failed on a passing module in an arm64 guest")
+	assert.Contains(t, summary, "2 passed")
+	assert.Contains(t, summary, "6.12/arm64")
+	assert.Equal(t, "vmtest-results-job-6.12-arm64", outputs["artifact"])
 }
