@@ -135,7 +135,7 @@ func TestBadKernelImage(t *testing.T) {
 	notKernel := filepath.Join(dir, "vmlinux")
 	require.NoError(t, os.WriteFile(notKernel, []byte("\x7fELF not a bzImage"+strings.Repeat("\x00", 4096)), 0o644))
 	_, err = vmtest.Run(context.Background(), vmtest.Options{Kernel: notKernel, BaseImage: e.base, OutDir: t.TempDir()})
-	assert.ErrorContains(t, err, "not an x86 bzImage")
+	assert.ErrorContains(t, err, "is not a bootable kernel image (neither an x86 bzImage nor an arm64 Image): it is an ELF file (vmlinux?)")
 
 	damaged := filepath.Join(dir, "damaged")
 	bad := append([]byte(nil), good...)
