@@ -60,16 +60,20 @@ func (v durationFlag) Set(s string) error {
 // gdbHint tells how to attach the debugger to a guest waiting for it, with
 // the kernel's symbols when they are on disk.
 func gdbHint(addr string, k *kernels.Kernel) string {
+	gdb := "gdb"
+	if k.Arch != "" && k.Arch != runtime.GOARCH {
+		gdb = "gdb-multiarch" // the host's gdb knows its own architecture only
+	}
 	if k.Vmlinux != "" {
-		return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s' %s\n"+
-			"vmtest: (then, say, hbreak start_kernel and continue; the kernel runs without KASLR)", addr, quoteWords([]string{k.Vmlinux}))
+		return fmt.Sprintf("vmtest: the guest waits for a debugger: %s -ex 'target remote %s' %s\n"+
+			"vmtest: (then, say, hbreak start_kernel and continue; the kernel runs without KASLR)", gdb, addr, quoteWords([]string{k.Vmlinux}))
 	}
 	how := "vmtest kernels -fetch " + k.Name + " -debug fetches them"
 	if k.Source == kernels.SourceLocal {
 		how = "put the build's vmlinux beside its image"
 	}
-	return fmt.Sprintf("vmtest: the guest waits for a debugger: gdb -ex 'target remote %s'\n"+
-		"vmtest: (then continue; the kernel runs without KASLR; no symbols: %s)", addr, how)
+	return fmt.Sprintf("vmtest: the guest waits for a debugger: %s -ex 'target remote %s'\n"+
+		"vmtest: (then continue; the kernel runs without KASLR; no symbols: %s)", gdb, addr, how)
 }
 
 // vmFlags are the flags run and exec share; run passes them on to exec.
