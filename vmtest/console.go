@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 // KernelTimes are points on the guest kernel's own clock (seconds since it
@@ -116,7 +118,7 @@ func (c *console) add(line string) {
 	switch {
 	case strings.Contains(line, "] Run /init as init process"):
 		c.times.Init, _ = kernelTime(line)
-	case strings.Contains(line, "] reboot: Power down"):
+	case strings.Contains(line, "] reboot: Power down"), strings.Contains(line, "] "+proto.PowerOffLine):
 		c.times.PowerOff, _ = kernelTime(line)
 	}
 	c.last = append(c.last, line)

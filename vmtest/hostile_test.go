@@ -79,6 +79,15 @@ func TestHostileGuest(t *testing.T) {
 			assert.True(t, strings.HasPrefix(res.Commands[0].FailLine, "--- FAIL: TestFailsButExits0 ("), "fail line %q", res.Commands[0].FailLine)
 			assert.ErrorContains(t, res.Err(), "exit status 0, but its output reports a failure")
 		},
+	}, {
+		// A test that ends the machine through QEMU's exit device, as the
+		// agent does once everything is sent, must not pass for done.
+		attack: "early-exit", run: "^TestKeyAndPortHidden$",
+		check: func(t *testing.T, res *vmtest.Result, _ string) {
+			require.NotNil(t, res.Failure)
+			assert.Equal(t, vmtest.FailNoReport, res.Failure.Kind)
+			assert.ErrorContains(t, res.Err(), "guest stopped without reporting")
+		},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.attack, func(t *testing.T) {

@@ -39,6 +39,17 @@ type machine struct {
 	resultArgs []string
 	// kernelKind names the image format in error messages.
 	kernelKind string
+	// exitPort is the I/O port of an isa-debug-exit device (x86 only):
+	// the agent ends a boot there instead of powering off (proto.Job.ExitPort).
+	exitPort int64
+}
+
+// exitArgs are the QEMU arguments of the machine's exit device.
+func (m machine) exitArgs() []string {
+	if m.exitPort == 0 {
+		return nil
+	}
+	return []string{"-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=0x01", m.exitPort)}
 }
 
 var machines = map[string]machine{
@@ -50,6 +61,7 @@ var machines = map[string]machine{
 		resultPort: "/dev/ttyS1",
 		resultArgs: []string{"-serial", "chardev:res"},
 		kernelKind: "a bzImage for x86-64",
+		exitPort:   0xf4,
 	},
 	"arm64": {
 		arch: "arm64", qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",

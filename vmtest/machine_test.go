@@ -21,7 +21,7 @@ func TestMachineArgs(t *testing.T) {
 		console string
 		port    string
 	}{
-		{"amd64", []string{"-M q35", "-cpu max", "-serial chardev:res"}, "console=ttyS0,115200", "/dev/ttyS1"},
+		{"amd64", []string{"-M q35", "-cpu max", "-serial chardev:res", "-device isa-debug-exit,iobase=0xf4,iosize=0x01"}, "console=ttyS0,115200", "/dev/ttyS1"},
 		{"arm64", []string{"-M virt", "-cpu neoverse-n1", "-device pci-serial,chardev=res"}, "console=ttyAMA0,115200", "/dev/ttyS0"},
 	} {
 		t.Run(tc.arch, func(t *testing.T) {
@@ -44,6 +44,7 @@ func TestMachineArgs(t *testing.T) {
 	}
 	arm, err := machineFor("arm64")
 	require.NoError(t, err)
+	assert.Zero(t, arm.exitPort, "arm64 has no I/O ports: it powers off")
 	kvm := strings.Join(qemuArgs(Options{Kernel: "k", mach: arm}, AccelChoice{Name: AccelKVM}, "initrd", nil, 3), " ")
 	assert.Contains(t, kvm, "-M virt,gic-version=host", "under KVM the host's interrupt controller")
 	assert.Contains(t, kvm, "-accel kvm -cpu host")

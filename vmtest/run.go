@@ -406,7 +406,7 @@ func (o *Options) check() error {
 
 func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error {
 	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto(), Disks: disks,
-		ResultPort: opts.mach.resultPort, Console: opts.mach.consoleDevice()}
+		ResultPort: opts.mach.resultPort, Console: opts.mach.consoleDevice(), ExitPort: opts.mach.exitPort}
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
@@ -524,6 +524,7 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 		args = append(args, "-chardev", "null,id=res")
 	}
 	args = append(args, m.resultArgs...)
+	args = append(args, m.exitArgs()...)
 	for i, d := range drives {
 		args = append(args, d.qemuArgs(i)...)
 	}

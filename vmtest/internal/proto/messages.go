@@ -41,6 +41,12 @@ type Job struct {
 	// Console is the device of the kernel's console (console= on the
 	// command line), /dev/ttyS0 by default: interactive commands use it.
 	Console string `json:"console,omitempty"`
+	// ExitPort, when not 0, is the I/O port of QEMU's isa-debug-exit
+	// device: once everything is sent, the agent writes ExitValue there
+	// (through /dev/port) and QEMU exits at once, without the kernel's
+	// device shutdown, which costs a boot about 0.16 s under emulation
+	// (x86-64; NVMe controllers). Power-off remains the fallback.
+	ExitPort int64 `json:"exit_port,omitempty"`
 	// Key tags the frames of this boot (see Writer). The agent reads it and
 	// removes the job file before any command runs.
 	Key []byte `json:"-"`
@@ -126,6 +132,15 @@ type Exit struct {
 
 const jobMagic = "vmtest-job-2"
 
+// ExitValue is what the agent writes to Job.ExitPort; QEMU then exits with
+// status ExitValue<<1|1 (171), which the host recognises.
+const ExitValue = 0x55
+
+// PowerOffLine is what the agent prints on the console right before a fast
+// exit: the host reads the power-off time from it, as it does from the
+// kernel's "reboot: Power down".
+const PowerOffLine = "vmtest-guest: power off"
+
 // MarshalBinary encodes j for JobPath.
 func (j *Job) MarshalBinary() ([]byte, error) {
 	e := &encoder{}
@@ -135,6 +150,9 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	}
 	if j.Console != "" {
 		e.put("console", j.Console)
+	}
+	if j.ExitPort != 0 {
+		e.put("exit_port", strconv.FormatInt(j.ExitPort, 10))
 	}
 	if len(j.Key) > 0 {
 		e.put("key", hex.EncodeToString(j.Key))
@@ -190,6 +208,12 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 			j.ResultPort = d.next()
 		case "console":
 			j.Console = d.next()
+		case "exit_port":
+			v, err := strconv.ParseInt(d.next(), 10, 64)
+			if err != nil || v < 0 || v > 0xffff {
+				return errors.New("job: bad exit port")
+			}
+			j.ExitPort = v
 		case "key":
 			k, err := hex.DecodeString(d.next())
 			if err != nil {

@@ -24,6 +24,7 @@ func TestJobRoundTrip(t *testing.T) {
 			Env:        []string{"A=1", "B="},
 			ResultPort: "/dev/hvc0",
 			Console:    "/dev/ttyAMA0",
+			ExitPort:   0xf4,
 			Key:        bytes.Repeat([]byte{0xa5}, KeySize),
 			Limits:     Limits{Output: 1 << 30, ArtifactBytes: 5, ArtifactFiles: 7},
 			Disks: []Disk{

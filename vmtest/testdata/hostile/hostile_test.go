@@ -56,6 +56,12 @@ func TestMain(m *testing.M) {
 	case "exit0":
 		// The testing package printed FAIL; exit 0 all the same.
 		code = 0
+	case "early-exit":
+		// End the machine the way the agent does when it is done, before
+		// it is: QEMU exits with the agent's exit value.
+		if err := exitQEMU(0xf4, 0x55); err != nil {
+			fmt.Println("hostile: early exit:", err)
+		}
 	}
 	os.Exit(code)
 }
