@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
 func TestKernelTimesFromConsole(t *testing.T) {
@@ -22,6 +24,12 @@ func TestKernelTimesFromConsole(t *testing.T) {
 	assert.InDelta(t, 1.582425, k.Init, 1e-9)
 	assert.InDelta(t, 2.200119, k.PowerOff, 1e-9)
 	assert.InDelta(t, 0.617694, k.UserSpace(), 1e-9)
+
+	// A fast exit: the agent's own line marks the power-off.
+	fast := newConsole(5)
+	fast.add("[    1.5] Run /init as init process\n")
+	fast.add("[    2.25] " + proto.PowerOffLine + "\n")
+	assert.InDelta(t, 0.75, fast.kernelTimes().UserSpace(), 1e-9)
 
 	none := newConsole(5)
 	none.add("[    0.5] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
