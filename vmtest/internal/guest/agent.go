@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/skbstore/skbstore/vmtest/internal/ioport"
 	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
 
@@ -139,7 +140,7 @@ func fastExit(port int64) {
 		fmt.Fprintf(k, "<5>%s\n", proto.PowerOffLine)
 		k.Close()
 	}
-	if err := writePort(port, proto.ExitValue); err != nil {
+	if err := ioport.Write(uint16(port), proto.ExitValue); err != nil {
 		log.Printf("fast exit: %v", err)
 	}
 }

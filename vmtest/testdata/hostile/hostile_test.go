@@ -23,6 +23,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/skbstore/vmtest/internal/ioport"
 )
 
 var attack = flag.String("attack", "", "what to do to the runner")
@@ -59,7 +61,7 @@ func TestMain(m *testing.M) {
 	case "early-exit":
 		// End the machine the way the agent does when it is done, before
 		// it is: QEMU exits with the agent's exit value.
-		if err := exitQEMU(0xf4, 0x55); err != nil {
+		if err := ioport.Write(0xf4, 0x55); err != nil {
 			fmt.Println("hostile: early exit:", err)
 		}
 	}
