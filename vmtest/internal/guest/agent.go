@@ -132,12 +132,13 @@ func run(rootfs <-chan []error) (int64, error) {
 }
 
 // fastExit makes QEMU exit through its isa-debug-exit device at port, after
-// a line on the console that marks the power-off on the kernel's clock. If
+// a line on the console that marks the power-off on the kernel's clock (at
+// the kernel's own "Power down" level: u-root's init quiets the console). If
 // there is no such device the write does nothing and the caller powers off
 // as usual.
 func fastExit(port int64) {
 	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		fmt.Fprintf(k, "<5>%s\n", proto.PowerOffLine)
+		fmt.Fprintf(k, "<0>%s\n", proto.PowerOffLine)
 		k.Close()
 	}
 	if err := ioport.Write(uint16(port), proto.ExitValue); err != nil {
