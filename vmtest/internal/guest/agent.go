@@ -376,6 +376,7 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	err := cmd.Run()
 	if cmd.Process != nil {
 		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+		reapGroup(cmd.Process.Pid)
 	}
 	reapOrphans()
 	ex := proto.Exit{Code: -1, Duration: time.Since(start)}
@@ -420,6 +421,31 @@ func (a *agent) shellOnFail(c proto.Command, env []string, ex proto.Exit) {
 // reapOrphans collects the exit status of every child that has exited. As
 // PID 1 the agent inherits the processes a test left behind; it reaps them
 // only between commands, when no child os/exec still waits for exists.
+// reapGroup waits, as PID 1, for the processes of the command's group just
+// killed: orphans of the command are the agent's children, and a SIGKILL
+// takes a moment to end them, so a reap right after the kill (WNOHANG) can
+// miss them and leave zombies for the next command to see. A member stuck
+// in the kernel is given up after two seconds.
+func reapGroup(pgid int) {
+	if os.Getpid() != 1 {
+		return
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-pgid, &ws, unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.ECHILD):
+			return // none left
+		case err == nil && pid > 0:
+			continue
+		case time.Now().After(deadline):
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func reapOrphans() {
 	if os.Getpid() != 1 {
 		return
