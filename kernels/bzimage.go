@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 )
 
 // x86 boot protocol (Documentation/arch/x86/boot.rst): "HdrS" at 0x202 marks
@@ -24,34 +23,6 @@ const (
 )
 
 var bzMagic = []byte("HdrS")
-
-// isBzImage reports whether the file at path carries the bzImage header.
-func isBzImage(path string) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	var b [4]byte
-	if _, err := f.ReadAt(b[:], bzMagicOff); err != nil {
-		if errors.Is(err, io.EOF) {
-			return false, nil
-		}
-		return false, err
-	}
-	return bytes.Equal(b[:], bzMagic), nil
-}
-
-// bzImageRelease reads the kernel release (the first word of the version
-// string, as `uname -r` prints it) from a bzImage's setup header.
-func bzImageRelease(path string) (string, error) {
-	v, err := bzImageVersion(path)
-	if err != nil {
-		return "", err
-	}
-	release, _, _ := strings.Cut(v, " ")
-	return release, nil
-}
 
 // bzImageVersion returns the whole version string of a bzImage's setup
 // header, e.g. "6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1
