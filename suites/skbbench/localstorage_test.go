@@ -81,27 +81,22 @@ func TestLocalStorageCost(t *testing.T) {
 	// The single operations carry one timed empty run each: take it off,
 	// as the batched ones' loop cost is spread over 64 operations.
 	single := func(op bpf.StorageOp) float64 { return max(med[op]-med[bpf.StorageLoopOne], 0) }
-	rows := []struct {
+	// row compares one map operation with its local storage twin.
+	type row struct {
 		what     string
 		mapOp    bpf.StorageOp
 		mapNs    float64
 		local    string
 		localNs  float64
 		ratioKey string
-	}{
+	}
+	rows := []row{
 		{"look up (a reader)", bpf.StorageMapLookup, med[bpf.StorageMapLookup], "bpf_sk_storage_get", med[bpf.StorageSkLookup], "lookup"},
 		{"create (the tc writer)", bpf.StorageMapUpdate, med[bpf.StorageMapUpdate], "bpf_sk_storage_get(F_CREATE)", single(bpf.StorageSkCreate), "create"},
 		{"delete (the free hook)", bpf.StorageMapDelete, med[bpf.StorageMapDelete], "bpf_sk_storage_delete", single(bpf.StorageSkDelete), "delete"},
 	}
 	if taskOK {
-		rows = append(rows, []struct {
-			what     string
-			mapOp    bpf.StorageOp
-			mapNs    float64
-			local    string
-			localNs  float64
-			ratioKey string
-		}{
+		rows = append(rows, []row{
 			{"look up (a reader)", bpf.StorageMapLookup, med[bpf.StorageMapLookup], "bpf_task_storage_get", med[bpf.StorageTaskLookup], "task_lookup"},
 			{"create (the tc writer)", bpf.StorageMapUpdate, med[bpf.StorageMapUpdate], "bpf_task_storage_get(F_CREATE)", single(bpf.StorageTaskCreate), "task_create"},
 			{"delete (the free hook)", bpf.StorageMapDelete, med[bpf.StorageMapDelete], "bpf_task_storage_delete", single(bpf.StorageTaskDelete), "task_delete"},
