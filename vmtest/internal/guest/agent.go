@@ -137,10 +137,7 @@ func run(rootfs <-chan []error) (int64, error) {
 // there is no such device the write does nothing and the caller powers off
 // as usual.
 func fastExit(port int64) {
-	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		fmt.Fprintf(k, "<0>%s\n", proto.PowerOffLine)
-		k.Close()
-	}
+	writeKmsg("<0>", proto.PowerOffLine)
 	if err := ioport.Write(uint16(port), proto.ExitValue); err != nil {
 		log.Printf("fast exit: %v", err)
 	}
@@ -214,12 +211,7 @@ type agent struct {
 // the console, in the host's dmesg.log), stamped by the kernel's clock, so
 // that where a boot's user-space time goes can be read there.
 func timeline(step string) {
-	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "<7>vmtest-guest: timeline: %s\n", step)
+	writeKmsg("<7>", "vmtest-guest: timeline: "+step)
 }
 
 // logf reports something worth knowing both on the console and to the host.

@@ -339,12 +339,18 @@ func eachLine(file string, fn func(string)) error {
 // kmsgf writes a line to the kernel log (it reaches the host's dmesg.log), so
 // that what the kernel asked for and got is on record.
 func kmsgf(format string, args ...any) {
+	writeKmsg("", "vmtest-guest: "+fmt.Sprintf(format, args...))
+}
+
+// writeKmsg writes one line to the kernel log; prio is its "<N>" level
+// prefix, "" for the default level.
+func writeKmsg(prio, line string) {
 	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintf(f, "vmtest-guest: "+format+"\n", args...)
+	fmt.Fprintf(f, "%s%s\n", prio, line)
 }
 
 func errString(err error, ok string) string {
