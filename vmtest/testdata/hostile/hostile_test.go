@@ -19,6 +19,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -28,6 +29,15 @@ import (
 )
 
 var attack = flag.String("attack", "", "what to do to the runner")
+
+// resultPort is the agent's result port (vmtest/machine.go): ttyS1 (minor
+// 65) on x86, a UART on PCI that comes up as ttyS0 (minor 64) on arm64.
+var resultPort, resultPortMinor = func() (string, uint32) {
+	if runtime.GOARCH == "arm64" {
+		return "/dev/ttyS0", 64
+	}
+	return "/dev/ttyS1", 65
+}()
 
 // target is the host path the escape attack tries to create: $HOSTILE_TARGET,
 // else one under /tmp.
@@ -71,8 +81,8 @@ func TestMain(m *testing.M) {
 // openPort opens the result port the way a root process can after the agent
 // removed its device node: by making a new one.
 func openPort() *os.File {
-	const node = "/tmp/hostile-ttyS1"
-	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(4, 65))); err != nil && !errors.Is(err, unix.EEXIST) {
+	const node = "/tmp/hostile-port"
+	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(4, resultPortMinor))); err != nil && !errors.Is(err, unix.EEXIST) {
 		fmt.Println("hostile: mknod:", err)
 		os.Exit(3)
 	}
@@ -112,7 +122,7 @@ func writeV2(f *os.File, typ, name string, seq uint64, payload string) {
 // the tests' reach: the job (which holds the key) is gone and the result
 // port has no device node.
 func TestKeyAndPortHidden(t *testing.T) {
-	for _, p := range []string{"/vmtest/job", "/dev/ttyS1"} {
+	for _, p := range []string{"/vmtest/job", resultPort} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s is visible to tests (%v)", p, err)
 		}
