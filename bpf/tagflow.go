@@ -145,7 +145,7 @@ func LoadTagFlow(opts TagFlowOptions) (*TagFlow, error) {
 			delete(spec.Programs, r.prog)
 		}
 	}
-	cache := btf.NewCache()
+	cache := kernelBTF
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = nil
 	if t.coll, err = ebpf.NewCollectionWithOptions(mapsOnly, ebpf.CollectionOptions{Cache: cache}); err != nil {

@@ -35,7 +35,7 @@ func TestMapFull(t *testing.T) {
 				t.Fatal(err)
 			}
 			cnt := r.counters()
-			got := drain(p.rx, 300*time.Millisecond)
+			got := drain(p.rx, sent, 300*time.Millisecond)
 			r.traffic("sent", sent)
 			r.traffic("received", got)
 			r.extra("entries_while_held", len(held))

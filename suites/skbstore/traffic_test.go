@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"testing"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
 // udpPair is a receiving socket and a sender connected to it.
@@ -52,17 +55,33 @@ func send(c *net.UDPConn, n, size int) (int, error) {
 	return n, nil
 }
 
-// drain reads datagrams until none arrives for idle, returning the count.
-func drain(c *net.UDPConn, idle time.Duration) int {
+// drain reads datagrams until want have arrived (want > 0) or none has
+// for idle, returning the count. A datagram beyond want, if any, stays
+// queued: the socket has no sender but the test's.
+func drain(c *net.UDPConn, want int, idle time.Duration) int {
 	buf := make([]byte, 65536)
 	n := 0
-	for {
+	for want <= 0 || n < want {
 		_ = c.SetReadDeadline(time.Now().Add(idle))
 		if _, err := c.Read(buf); err != nil {
 			return n
 		}
 		n++
 	}
+	return n
+}
+
+// drainDelivered reads the datagrams the stack has delivered to c of those
+// sent over loopback so far, for traffic of which some are dropped. A
+// loopback datagram from every CPU (testenv.Settle) queues behind the
+// test's own on each CPU's backlog: once they are through, every earlier
+// datagram is queued on c or dropped, so no idle time has to be waited out.
+func drainDelivered(t *testing.T, c *net.UDPConn) int {
+	t.Helper()
+	if err := testenv.Settle(0); err != nil {
+		t.Logf("settle: %v", err)
+	}
+	return drain(c, 0, 20*time.Millisecond)
 }
 
 // setsockoptInt sets an integer socket option on c.

@@ -11,50 +11,46 @@ import (
 	"github.com/skbstore/skbstore/suites/internal/testenv"
 )
 
-// TestAllocConsume sends UDP datagrams over loopback and reads them: every
+// allocConsume sends UDP datagrams over loopback and reads them: every
 // skb is allocated by __alloc_skb in the sending task and, once read, freed
 // through consume_skb. Both strategies must delete all of them there.
-func TestAllocConsume(t *testing.T) {
-	s := newSuite(t, "alloc_consume")
+func allocConsume(r *run) {
+	t := r.t
 	const n = 200
-	forEachConfig(t, func(t *testing.T, c config) {
-		s.runStore(t, "udp-loopback", defaultOptions(c), func(r *run) {
-			p, err := newUDPPair("127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := setsockoptIntConn(p.rx, 4<<20); err != nil {
-				t.Fatal(err)
-			}
-			before := r.counters()
-			sent, err := send(p.tx, n, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := drain(p.rx, 500*time.Millisecond)
-			p.Close()
-			// Read skbs may be parked on a defer list (6.1+) until
-			// net_rx_action runs on the CPU that allocated them.
-			if err := testenv.Settle(100 * time.Millisecond); err != nil {
-				t.Logf("settle: %v", err)
-			}
-			after := r.counters()
-			r.traffic("sent", sent)
-			r.traffic("received", got)
-			r.must("all_received", got == sent, "received %d of %d datagrams", got, sent)
-			created := after.Created[bpf.CreateAlloc] - before.Created[bpf.CreateAlloc]
-			consumed := after.Deleted[bpf.FreeConsume] - before.Deleted[bpf.FreeConsume]
-			r.extra("created_alloc", created)
-			r.extra("deleted_consume", consumed)
-			r.must("created_per_datagram", created >= uint64(sent), "fexit __alloc_skb created %d entries for %d datagrams", created, sent)
-			// The claim under test: on some kernels read datagrams are
-			// released on a path that does not trace consume_skb (e.g.
-			// deferred frees), so it is a finding, not a requirement. The
-			// leak check decides for "complete".
-			r.finding("consumed_per_datagram", consumed >= uint64(got), "consume_skb deleted %d entries for %d datagrams read", consumed, got)
-			r.finding("every_created_consumed", created == consumed, "created %d, deleted by consume_skb %d; other paths: %s", created, consumed, deltaPaths(before, after))
-		})
-	})
+	p, err := newUDPPair("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := setsockoptIntConn(p.rx, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	before := r.counters()
+	sent, err := send(p.tx, n, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drain(p.rx, sent, 500*time.Millisecond)
+	p.Close()
+	// Read skbs may be parked on a defer list (6.1+) until
+	// net_rx_action runs on the CPU that allocated them.
+	if err := testenv.Settle(100 * time.Millisecond); err != nil {
+		t.Logf("settle: %v", err)
+	}
+	after := r.counters()
+	r.traffic("sent", sent)
+	r.traffic("received", got)
+	r.must("all_received", got == sent, "received %d of %d datagrams", got, sent)
+	created := after.Created[bpf.CreateAlloc] - before.Created[bpf.CreateAlloc]
+	consumed := after.Deleted[bpf.FreeConsume] - before.Deleted[bpf.FreeConsume]
+	r.extra("created_alloc", created)
+	r.extra("deleted_consume", consumed)
+	r.must("created_per_datagram", created >= uint64(sent), "fexit __alloc_skb created %d entries for %d datagrams", created, sent)
+	// The claim under test: on some kernels read datagrams are
+	// released on a path that does not trace consume_skb (e.g.
+	// deferred frees), so it is a finding, not a requirement. The
+	// leak check decides for "complete".
+	r.finding("consumed_per_datagram", consumed >= uint64(got), "consume_skb deleted %d entries for %d datagrams read", consumed, got)
+	r.finding("every_created_consumed", created == consumed, "created %d, deleted by consume_skb %d; other paths: %s", created, consumed, deltaPaths(before, after))
 }
 
 // deltaPaths renders the per-path deletions and observed releases between
@@ -130,7 +126,7 @@ var dropCauses = []dropCause{
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := drain(p.rx, 200*time.Millisecond)
+			got := drainDelivered(t, p.rx)
 			return sent, sent - got
 		},
 	},
@@ -149,49 +145,45 @@ var dropCauses = []dropCause{
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := drain(p.rx, 200*time.Millisecond)
+			got := drainDelivered(t, p.rx)
 			return sent, sent - got
 		},
 	},
 }
 
-// TestKfreeSkb makes the stack drop datagrams for several reasons and
+// kfreeSkb makes the stack drop datagrams for several reasons and
 // checks that kfree_skb deleted their entries, with the drop reason where
 // the kernel's tracepoint has one.
-func TestKfreeSkb(t *testing.T) {
-	s := newSuite(t, "kfree_skb")
-	forEachConfig(t, func(t *testing.T, c config) {
-		s.runStore(t, "udp-drops", defaultOptions(c), func(r *run) {
-			perCause := map[string]any{}
-			for _, dc := range dropCauses {
-				before := r.counters()
-				reasonsBefore := r.dropReasons()
-				sent, dropped := dc.run(t)
-				after := r.counters()
-				reasonsAfter := r.dropReasons()
-				kfreed := after.Deleted[bpf.FreeKfreeSkb] - before.Deleted[bpf.FreeKfreeSkb]
-				rec := map[string]any{"sent": sent, "dropped": dropped, "deleted_by_kfree_skb": kfreed}
-				r.must(dc.name+"_dropped", dropped > 0, "%d of %d datagrams dropped", dropped, sent)
-				r.must(dc.name+"_kfree_skb", kfreed >= uint64(dropped), "kfree_skb deleted %d entries for %d dropped datagrams", kfreed, dropped)
-				if reasonsAfter == nil {
-					rec["reason"] = "unavailable: kfree_skb tracepoint has no reason on this kernel"
-				} else {
-					delta := map[string]uint64{}
-					for k, v := range reasonsAfter {
-						if d := v - reasonsBefore[k]; d > 0 {
-							delta[k] = d
-						}
-					}
-					rec["reasons"] = delta
-					if r.store.KnowsDropReason(dc.reason) {
-						r.must(dc.name+"_reason", delta[dc.reason] >= uint64(dropped), "reason %s recorded %d times for %d drops (all: %v)", dc.reason, delta[dc.reason], dropped, delta)
-					} else {
-						r.finding(dc.name+"_reason", false, "this kernel has no drop reason %s; recorded %v", dc.reason, delta)
-					}
+func kfreeSkb(r *run) {
+	t := r.t
+	perCause := map[string]any{}
+	for _, dc := range dropCauses {
+		before := r.counters()
+		reasonsBefore := r.dropReasons()
+		sent, dropped := dc.run(t)
+		after := r.counters()
+		reasonsAfter := r.dropReasons()
+		kfreed := after.Deleted[bpf.FreeKfreeSkb] - before.Deleted[bpf.FreeKfreeSkb]
+		rec := map[string]any{"sent": sent, "dropped": dropped, "deleted_by_kfree_skb": kfreed}
+		r.must(dc.name+"_dropped", dropped > 0, "%d of %d datagrams dropped", dropped, sent)
+		r.must(dc.name+"_kfree_skb", kfreed >= uint64(dropped), "kfree_skb deleted %d entries for %d dropped datagrams", kfreed, dropped)
+		if reasonsAfter == nil {
+			rec["reason"] = "unavailable: kfree_skb tracepoint has no reason on this kernel"
+		} else {
+			delta := map[string]uint64{}
+			for k, v := range reasonsAfter {
+				if d := v - reasonsBefore[k]; d > 0 {
+					delta[k] = d
 				}
-				perCause[dc.name] = rec
 			}
-			r.extra("causes", perCause)
-		})
-	})
+			rec["reasons"] = delta
+			if r.store.KnowsDropReason(dc.reason) {
+				r.must(dc.name+"_reason", delta[dc.reason] >= uint64(dropped), "reason %s recorded %d times for %d drops (all: %v)", dc.reason, delta[dc.reason], dropped, delta)
+			} else {
+				r.finding(dc.name+"_reason", false, "this kernel has no drop reason %s; recorded %v", dc.reason, delta)
+			}
+		}
+		perCause[dc.name] = rec
+	}
+	r.extra("causes", perCause)
 }
