@@ -49,7 +49,7 @@ func TestCost(t *testing.T) {
 	}
 	defer stats.Close()
 	const n = 2000
-	waitDetached() // the baseline is of no program at all
+	releaseTrampolines() // the baseline is of no program at all
 	baseline := measureUDP(t, n)
 	t.Logf("baseline %v per datagram", baseline)
 

@@ -35,6 +35,7 @@ func TestLifecycle(t *testing.T) {
 	if pair != nil {
 		defer pair.Close()
 	}
+	holdTrampolines(t)
 	cases := []lifecycleCase{
 		{"AllocConsume", "alloc_consume", "udp-loopback", allocConsume},
 		{"KfreeSkb", "kfree_skb", "udp-drops", kfreeSkb},

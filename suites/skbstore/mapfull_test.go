@@ -13,6 +13,7 @@ import (
 func TestMapFull(t *testing.T) {
 	s := newSuite(t, "map_full")
 	const maxEntries, n = 64, 400
+	holdTrampolines(t)
 	forEachConfig(t, func(t *testing.T, c config) {
 		opts := defaultOptions(c)
 		opts.MaxEntries = maxEntries
