@@ -23,6 +23,32 @@ type File struct {
 	StripDWARF bool
 }
 
+// Contents returns the bytes and permissions f has in the guest: Data, or
+// Host's bytes; Mode, or 0755 for an executable host file and 0644 else;
+// without DWARF when StripDWARF.
+func (f File) Contents() ([]byte, os.FileMode, error) {
+	data, mode := f.Data, f.Mode
+	if f.Host != "" {
+		b, err := os.ReadFile(f.Host)
+		if err != nil {
+			return nil, 0, err
+		}
+		data = b
+		if mode == 0 {
+			if st, err := os.Stat(f.Host); err == nil && st.Mode()&0o111 != 0 {
+				mode = 0o755
+			}
+		}
+	}
+	if mode == 0 {
+		mode = 0o644
+	}
+	if f.StripDWARF {
+		data, _ = StripDWARF(data)
+	}
+	return data, mode.Perm(), nil
+}
+
 // Write writes the image for one run to dst: the base archive followed by an
 // archive holding files (with their parent directories).
 func Write(dst, base string, files []File) error {
@@ -74,24 +100,9 @@ func records(files []File) ([]cpio.Record, error) {
 		if name == "" || name == "." || strings.HasPrefix(name, "..") {
 			return nil, fmt.Errorf("bad guest path %q", f.Guest)
 		}
-		data, mode := f.Data, f.Mode
-		if f.Host != "" {
-			b, err := os.ReadFile(f.Host)
-			if err != nil {
-				return nil, err
-			}
-			data = b
-			if mode == 0 {
-				if st, err := os.Stat(f.Host); err == nil && st.Mode()&0o111 != 0 {
-					mode = 0o755
-				}
-			}
-		}
-		if mode == 0 {
-			mode = 0o644
-		}
-		if f.StripDWARF {
-			data, _ = StripDWARF(data)
+		data, mode, err := f.Contents()
+		if err != nil {
+			return nil, err
 		}
 		recs = append(recs, cpio.StaticRecord(data, cpio.Info{
 			Name:     name,

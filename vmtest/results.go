@@ -101,6 +101,13 @@ type resultReader struct {
 	forged     int    // frames that failed authentication
 	skipped    int64  // bytes that were not authentic frames
 	capped     map[string]bool
+
+	// A Session's boot routes the frames and damage of the running
+	// command to that command's own reader (sink), and hears of the
+	// agent's hello and of the command's exit.
+	sink    func() *resultReader
+	onHello func()
+	onExit  func(*resultReader)
 }
 
 func newResultReader(res *Result, opts Options, key []byte, splats *splatScanner, start time.Time) *resultReader {
@@ -112,11 +119,17 @@ func (r *resultReader) read(conn io.Reader) {
 	pr := proto.NewReader(conn, r.key)
 	for {
 		f, err := pr.Next()
+		t := r
+		if r.sink != nil {
+			if s := r.sink(); s != nil {
+				t = s
+			}
+		}
 		if err != nil {
 			var ce *proto.CorruptError
 			if errors.As(err, &ce) {
-				r.forged += ce.Forged
-				r.skipped += int64(ce.Skipped)
+				t.forged += ce.Forged
+				t.skipped += int64(ce.Skipped)
 			}
 			if errors.Is(err, io.EOF) {
 				return
@@ -127,13 +140,20 @@ func (r *resultReader) read(conn io.Reader) {
 				r.cutShort = err.Error()
 				return
 			}
-			r.protoErr("%v", err)
+			t.protoErr("%v", err)
 			if !errors.Is(err, proto.ErrCorrupt) && !errors.Is(err, proto.ErrSequence) {
 				return
 			}
 		}
-		if f.Type != "" {
-			r.handle(f)
+		if f.Type == "" {
+			continue
+		}
+		t.handle(f)
+		switch {
+		case t == r && f.Type == proto.TypeHello && r.hello && r.onHello != nil:
+			r.onHello()
+		case t != r && f.Type == proto.TypeExit && t.current < 0 && r.onExit != nil:
+			r.onExit(t)
 		}
 	}
 }

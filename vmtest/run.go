@@ -142,7 +142,8 @@ type Options struct {
 	// stub (GDB) takes connections.
 	Started func()
 
-	mach machine // of the kernel's architecture; set by Run and Floor
+	mach  machine  // of the kernel's architecture; set by Run and Floor
+	serve *Session // the session this boot serves (StartSession)
 }
 
 // Module is a kernel module file to put in the image and load.
@@ -406,7 +407,8 @@ func (o *Options) check() error {
 
 func writeImage(dst string, opts Options, key []byte, disks []proto.Disk) error {
 	job := proto.Job{Env: opts.Env, Key: key, Limits: opts.Limits.withDefaults().proto(), Disks: disks,
-		ResultPort: opts.mach.resultPort, Console: opts.mach.consoleDevice(), ExitPort: opts.mach.exitPort}
+		ResultPort: opts.mach.resultPort, Console: opts.mach.consoleDevice(), ExitPort: opts.mach.exitPort,
+		Serve: opts.serve != nil}
 	var files []images.File
 	for _, c := range opts.Commands {
 		if !validID(c.ID) {
@@ -608,6 +610,9 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 		close(consoleDone)
 	}()
 	rr := newResultReader(res, opts, key, splats, start)
+	if opts.serve != nil {
+		opts.serve.attach(rr, hostConn)
+	}
 	resultsDone := make(chan struct{})
 	go func() {
 		rr.read(hostConn)

@@ -28,6 +28,9 @@ func benchCmd(ctx context.Context, args []string) error {
 	f.register(fs)
 	n := fs.Int("n", 7, "boots per kernel and kind; the median is reported")
 	out := fs.String("out", "", "also write the table to this file (default <results>/bench-runner.md)")
+	packages := fs.Int("packages", 46, "also time a module of this many small packages (a boot each) on the first kernel, against the floor; 0 skips it")
+	workloadArgs := fs.String("workload", "", "also time `go test ARGS` (packages and flags, e.g. './suites/skbstore ./suites/tagflow') on every kernel that booted, run from the current directory, against the floor")
+	workloadModules := fs.String("workload-modules", "", "kernel modules for the -workload run (-modules there; the boots measured against the floor load none)")
 	cold := fs.Bool("cold", true, "also measure the cold-cache costs (kernel fetch into an empty cache, needs the network; image build)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest bench [flags]\n\n"+
@@ -37,8 +40,11 @@ func benchCmd(ctx context.Context, args []string) error {
 			"with a trivial test and -n times the same with the other -init, interleaved, and prints medians:\n"+
 			"QEMU start to exit, the ratio runner/floor, the kernel's boot and user space on the guest's own\n"+
 			"clock, QEMU start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
-			"over all the kernels one at a time and -vms at a time. Under software emulation absolute times\n"+
-			"mean little; compare the ratios, measured in one run.\n\nFlags:\n")
+			"over all the kernels one at a time and -vms at a time. Then times real vmtest runs (workloads):\n"+
+			"a module of -packages small packages on the first kernel, and with -workload your go test on\n"+
+			"every kernel that booted (per suite: its guest time and, where it publishes case_fixed_ms\n"+
+			"metrics, its per-case fixed cost), each against the floor. Under software emulation absolute\n"+
+			"times mean little; compare the ratios, measured in one run.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -103,7 +109,38 @@ func benchCmd(ctx context.Context, args []string) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	table := b.render(len(names), seq, par, coldReport)
+	var booted []string
+	for _, r := range b.rows {
+		booted = append(booted, r.kernel)
+	}
+	var works []*workload
+	if *packages > 0 && len(booted) > 0 {
+		dir := filepath.Join(tmp, "packages")
+		w := &workload{name: fmt.Sprintf("%d small packages", *packages), kernels: booted[:1]}
+		if w.err = manyPackages(dir, *packages); w.err == nil {
+			w = b.runWorkload(ctx, w.name, dir, booted[:1], []string{"./..."})
+		}
+		works = append(works, w)
+	}
+	if *workloadArgs != "" && len(booted) > 0 {
+		cwd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		b.workloadModules = *workloadModules
+		w := b.runWorkload(ctx, "go test "+*workloadArgs, cwd, booted, strings.Fields(*workloadArgs))
+		w.suites = true
+		works = append(works, w)
+	}
+	for _, w := range works {
+		if w.err != nil {
+			b.failures = append(b.failures, fmt.Sprintf("workload %v", w.err))
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	table := b.render(len(names), seq, par, coldReport) + b.renderWorkloads(works)
 	fmt.Print(table)
 
 	path := *out
@@ -134,6 +171,7 @@ type bench struct {
 	preps           map[string]*prepared
 	rows            []benchRow
 	failures        []string
+	workloadModules string // -modules of the workloads
 }
 
 // benchArch is what the boots of one guest architecture use: the base

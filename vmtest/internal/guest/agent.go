@@ -117,6 +117,11 @@ func run(rootfs <-chan []error) (int64, error) {
 		a.runCommand(c, job.Env)
 		timeline("ran " + c.ID)
 	}
+	if job.Serve {
+		if err := a.serve(f, job); err != nil {
+			a.faultf("%v", err)
+		}
+	}
 	if kmsg != nil {
 		kmsg.stop()
 	}
@@ -205,6 +210,7 @@ type agent struct {
 	artBytes   int64
 	artFiles   int
 	filesOver  bool // the cap on files was reached and reported
+	serving    bool // commands come from the host one at a time (serve)
 }
 
 // timeline puts a step of the agent in the kernel log at debug level (off
@@ -371,6 +377,9 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 		reapGroup(cmd.Process.Pid)
 	}
 	reapOrphans()
+	if a.serving {
+		killStrays()
+	}
 	ex := proto.Exit{Code: -1, Duration: time.Since(start)}
 	if cmd.ProcessState != nil {
 		ex.Code = cmd.ProcessState.ExitCode()
@@ -386,6 +395,10 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	}
 	a.sendArtifacts(c.ID, artifacts)
 	a.sendOutputs(c.Outputs, start)
+	if a.serving {
+		// The next command of that ID (a re-run) starts with none.
+		_ = os.RemoveAll(artifacts)
+	}
 	b, _ := ex.MarshalBinary()
 	if err := a.w.WriteFrame(proto.TypeExit, c.ID, b); err != nil {
 		log.Printf("report exit of %s: %v", c.ID, err)

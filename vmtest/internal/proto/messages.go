@@ -56,7 +56,29 @@ type Job struct {
 	// Disks are file system images the host attached, mounted by the agent
 	// after the modules of Modules are loaded and before any command runs.
 	Disks []Disk `json:"disks,omitempty"`
+	// Serve keeps the guest up after Commands: the agent then runs the
+	// commands the host sends in TypeRun frames, one at a time, until a
+	// TypeStop frame (one boot for many test binaries).
+	Serve bool `json:"serve,omitempty"`
 }
+
+// Frame types the host writes to a serving agent (Job.Serve).
+const (
+	// TypeRun carries a Job holding the one command to run next, with
+	// its Files on the spool disk and its own Env.
+	TypeRun = "run"
+	// TypeStop ends the serving: the agent reports TypeDone and powers off.
+	TypeStop = "stop"
+)
+
+// SpoolMagic starts the spool disk of a serving guest: a raw drive the host
+// appends each command's files to while the guest runs (the guest reads them
+// with O_DIRECT, past its page cache). File data start at SpoolAlign
+// boundaries.
+const SpoolMagic = "VMTSPOOL"
+
+// SpoolAlign is the alignment of files on the spool disk.
+const SpoolAlign = 4096
 
 // Disk is an ext4 image the host attaches as an NVMe drive (built into
 // every kernel of the matrix, as ext4 is, so no module is needed). Files on
@@ -106,6 +128,21 @@ type Command struct {
 	// in its directory and environment before its results are sent, and
 	// waits for the person there to leave it.
 	ShellOnFail string `json:"shell_on_fail,omitempty"`
+	// Env is added to this command's environment, after Job.Env.
+	Env []string `json:"env,omitempty"`
+	// Files are on the spool disk: the agent puts each at its Path before
+	// the command runs and removes it after (a serving agent's commands).
+	Files []SpoolFile `json:"files,omitempty"`
+}
+
+// SpoolFile is a file of a command on the spool disk.
+type SpoolFile struct {
+	Path   string `json:"path"`
+	Mode   uint32 `json:"mode"`
+	Offset int64  `json:"offset"`
+	Size   int64  `json:"size"`
+	// SHA256 is of its bytes, in hex: what the agent read is checked.
+	SHA256 string `json:"sha256"`
 }
 
 // Output is a file, or a directory of files, a command writes for the host.
@@ -157,6 +194,9 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 	if len(j.Key) > 0 {
 		e.put("key", hex.EncodeToString(j.Key))
 	}
+	if j.Serve {
+		e.put("serve")
+	}
 	e.put("limits", strconv.FormatInt(j.Limits.Output, 10), strconv.FormatInt(j.Limits.ArtifactBytes, 10), strconv.Itoa(j.Limits.ArtifactFiles))
 	for _, m := range j.Modules {
 		e.put("module", m)
@@ -187,6 +227,12 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 				kind = "dir"
 			}
 			e.put("output", kind, o.Path)
+		}
+		for _, v := range c.Env {
+			e.put("cmd_env", v)
+		}
+		for _, f := range c.Files {
+			e.put("spool_file", f.Path, strconv.FormatUint(uint64(f.Mode), 8), strconv.FormatInt(f.Offset, 10), strconv.FormatInt(f.Size, 10), f.SHA256)
 		}
 	}
 	return e.bytes()
@@ -220,6 +266,26 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 				return fmt.Errorf("job: bad key: %w", err)
 			}
 			j.Key = k
+		case "serve":
+			j.Serve = true
+		case "cmd_env":
+			v := d.next()
+			if len(j.Commands) == 0 {
+				return errors.New("job: cmd_env before any command")
+			}
+			c := &j.Commands[len(j.Commands)-1]
+			c.Env = append(c.Env, v)
+		case "spool_file":
+			f := SpoolFile{Path: d.next()}
+			mode, merr := strconv.ParseUint(d.next(), 8, 32)
+			off, oerr := strconv.ParseInt(d.next(), 10, 64)
+			size, serr := strconv.ParseInt(d.next(), 10, 64)
+			f.Mode, f.Offset, f.Size, f.SHA256 = uint32(mode), off, size, d.next()
+			if len(j.Commands) == 0 || errors.Join(merr, oerr, serr) != nil || off < 0 || size < 0 || off%SpoolAlign != 0 {
+				return fmt.Errorf("job: bad spool file %q", f.Path)
+			}
+			c := &j.Commands[len(j.Commands)-1]
+			c.Files = append(c.Files, f)
 		case "limits":
 			var errs [3]error
 			j.Limits.Output, errs[0] = strconv.ParseInt(d.next(), 10, 64)

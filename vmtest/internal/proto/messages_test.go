@@ -32,6 +32,14 @@ func TestJobRoundTrip(t *testing.T) {
 				{Label: "vmtshare", Dir: "/.vmtest/share", Binds: []string{"/tmp/a b", "/bin/bash"}},
 			},
 		},
+		{Serve: true, Key: []byte{1}},
+		{Commands: []Command{{
+			ID: "p01", Path: "/vmtest/bin/p01", Dir: "/src/p01", Env: []string{"GOCOVERDIR=/tmp/c", "X="},
+			Files: []SpoolFile{
+				{Path: "/vmtest/bin/p01", Mode: 0o755, Offset: 4096, Size: 1234, SHA256: "ab12"},
+				{Path: "/lib/x86_64-linux-gnu/libc.so.6", Mode: 0o644, Offset: 8192, Size: 0, SHA256: "cd"},
+			},
+		}}},
 	}
 	for _, j := range tests {
 		b, err := j.MarshalBinary()
@@ -55,6 +63,11 @@ func TestJobDamaged(t *testing.T) {
 		"bad key":          []byte(jobMagic + "\x00key\x00zz\x00"),
 		"cut limits":       []byte(jobMagic + "\x00limits\x001\x00"),
 		"arg count beyond": []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x009\x00x\x00"),
+		"spool file first": []byte(jobMagic + "\x00spool_file\x00/a\x00755\x004096\x001\x00ab\x00"),
+		"spool unaligned":  []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x00755\x004097\x001\x00ab\x00"),
+		"spool negative":   []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x00755\x004096\x00-1\x00ab\x00"),
+		"spool bad mode":   []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x009\x004096\x001\x00ab\x00"),
+		"cmd env first":    []byte(jobMagic + "\x00cmd_env\x00A=1\x00"),
 	}
 	for name, b := range tests {
 		t.Run(name, func(t *testing.T) {

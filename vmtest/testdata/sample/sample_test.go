@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -314,6 +315,49 @@ func TestAutoload(t *testing.T) {
 	for _, m := range []string{"geneve", "sch_ingress", "cls_flower", "tun"} {
 		if !strings.Contains(string(mods), m+" ") {
 			t.Errorf("module %s is not loaded:\n%s", m, mods)
+		}
+	}
+}
+
+// TestBootID keeps the guest's boot ID as an artifact and prints
+// $SAMPLE_MARK: commands of one session share the boot, not the
+// environment.
+func TestBootID(t *testing.T) {
+	guestOnly(t)
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(os.Getenv("VMTEST_ARTIFACTS"), "boot_id"), id, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("mark %q", os.Getenv("SAMPLE_MARK"))
+}
+
+// TestLeaveDaemon starts a process in a session of its own that outlives
+// the test binary.
+func TestLeaveDaemon(t *testing.T) {
+	guestOnly(t)
+	if os.Getenv("SAMPLE_ROLE") == "daemon" {
+		time.Sleep(time.Hour)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestLeaveDaemon$")
+	cmd.Env = append(os.Environ(), "SAMPLE_ROLE=daemon")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNoStrays fails if a daemon of TestLeaveDaemon still runs.
+func TestNoStrays(t *testing.T) {
+	guestOnly(t)
+	envs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, p := range envs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), "SAMPLE_ROLE=daemon") {
+			t.Errorf("a daemon left by an earlier command still runs: %s", p)
 		}
 	}
 }

@@ -1,0 +1,441 @@
+package vmtest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/skbstore/images"
+	"github.com/skbstore/skbstore/vmtest/internal/proto"
+)
+
+// ErrSessionOver is returned by Session.Run when the guest is gone (it
+// crashed, hung, or an earlier command's results could not be trusted)
+// before the command started: run it in a new session.
+var ErrSessionOver = errors.New("vmtest: the session's guest is gone")
+
+// Session is a guest booted once that runs commands sent one at a time, each
+// with its own results directory, environment and caps as if it had the
+// guest to itself (vmtest run -boot per-kernel). Between commands the agent
+// kills what the last one left running and removes its files; the kernel's
+// state (modules, sysctls, mounts) carries over, as on a host running
+// test binaries one after another. A guest that dies or hangs fails the
+// command that was running, and the session is over.
+type Session struct {
+	opts    Options // Timeout: per command
+	key     []byte
+	res     *Result // the boot's own, in opts.OutDir
+	spool   *spool
+	cancel  context.CancelFunc
+	hello   chan struct{}
+	exited  chan struct{} // the boot returned: QEMU is gone
+	bootErr error
+
+	runMu   sync.Mutex // one command at a time
+	mu      sync.Mutex
+	w       *proto.Writer
+	cur     *resultReader // the running command's
+	curDone chan struct{}
+	tainted bool // results came with protocol errors: no command follows
+	ran     int
+	once    sync.Once
+}
+
+// SessionCommand is a command for Session.Run.
+type SessionCommand struct {
+	Command
+	// Env is added to its environment, after Options.Env.
+	Env []string
+	// Files are more files it needs, at their Guest paths (a dynamically
+	// linked binary's C libraries).
+	Files []images.File
+	// OutDir receives its results as Options.OutDir does a boot's:
+	// <ID>.out, artifacts/, dmesg.log and console.log of its time,
+	// result.json.
+	OutDir string
+	// Output, when set, receives a live copy of its output.
+	Output io.Writer
+}
+
+// sessionLife bounds a session's boot; Options.Timeout bounds each command.
+const sessionLife = 24 * time.Hour
+
+// spoolSize is the spool disk's size: sparse, and its files' blocks are
+// released when their command ends. A session whose spool is full is over.
+const spoolSize = 8 << 30
+
+// StartSession boots opts.Kernel with opts' modules, files and shares and
+// returns at once: Run waits for the guest. opts.Commands must be empty;
+// opts.OutDir receives the boot's own console.log, dmesg.log and result.json.
+func StartSession(ctx context.Context, opts Options) (*Session, error) {
+	if len(opts.Commands) > 0 {
+		return nil, errors.New("vmtest: a session's commands are given to Run")
+	}
+	if opts.OutDir == "" || opts.Kernel == "" {
+		return nil, errors.New("vmtest: a session needs a kernel and an output directory")
+	}
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	var err error
+	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("vmtest: %w", err)
+	}
+	qemu, err := findQEMU(opts.QEMU, opts.mach)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Minute
+	}
+	key, err := proto.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{opts: opts, key: key, hello: make(chan struct{}), exited: make(chan struct{})}
+	drives, mounts, err := opts.disks(ctx, opts.OutDir)
+	if err != nil {
+		return nil, err
+	}
+	cleanup := func() {
+		for _, d := range drives {
+			if !d.readOnly {
+				os.Remove(d.path)
+			}
+		}
+	}
+	if s.spool, err = newSpool(filepath.Join(opts.OutDir, "spool.img")); err != nil {
+		cleanup()
+		return nil, err
+	}
+	drives = append(drives, drive{path: s.spool.path, readOnly: true})
+	bootOpts := opts
+	bootOpts.serve = s
+	bootOpts.Timeout = sessionLife
+	initrd := filepath.Join(opts.OutDir, "initramfs.cpio")
+	if err := writeImage(initrd, bootOpts, key, mounts); err != nil {
+		cleanup()
+		s.spool.remove()
+		return nil, err
+	}
+	accel, err := ChooseAccel(ctx, qemu, opts.Kernel, opts.Accel, opts.AccelCache)
+	if err != nil {
+		cleanup()
+		s.spool.remove()
+		os.Remove(initrd)
+		return nil, err
+	}
+	s.res = &Result{Accel: accel, OutDir: opts.OutDir}
+	bootCtx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	go func() {
+		defer close(s.exited)
+		defer cleanup()
+		defer os.Remove(initrd)
+		defer s.spool.remove()
+		s.bootErr = boot(bootCtx, qemu, initrd, drives, accel, bootOpts, key, s.res)
+		if err := writeResult(s.res); err != nil && s.bootErr == nil {
+			s.bootErr = err
+		}
+	}()
+	return s, nil
+}
+
+// attach is called by the boot once the result port is up.
+func (s *Session) attach(rr *resultReader, conn net.Conn) {
+	s.mu.Lock()
+	s.w = proto.NewWriter(conn, s.key)
+	s.mu.Unlock()
+	rr.sink = func() *resultReader {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.cur
+	}
+	rr.onHello = func() { s.once.Do(func() { close(s.hello) }) }
+	rr.onExit = func(cr *resultReader) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if cr == s.cur {
+			if len(cr.res.ProtocolErrors) > 0 || cr.forged > 0 || cr.skipped > 0 {
+				s.tainted = true
+			}
+			s.cur = nil
+			close(s.curDone)
+		}
+	}
+}
+
+// Alive reports whether the guest may still run commands.
+func (s *Session) Alive() bool {
+	select {
+	case <-s.exited:
+		return false
+	default:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.tainted && !s.spool.full()
+}
+
+// Boot returns the boot's own result (console.log and dmesg.log of the
+// whole session are in its OutDir); final once Close returned.
+func (s *Session) Boot() *Result { return s.res }
+
+// Run runs c in the guest and returns its result, as Run does for a boot of
+// its own: a guest that dies or hangs (Options.Timeout from the command's
+// start) fails it, and ends the session. ErrSessionOver means c did not run.
+func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
+	if !validID(c.ID) {
+		return nil, fmt.Errorf("vmtest: command ID %q: use letters, digits, '.', '_' and '-'", c.ID)
+	}
+	if c.OutDir == "" {
+		return nil, errors.New("vmtest: no output directory for the command")
+	}
+	if err := os.MkdirAll(c.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("vmtest: %w", err)
+	}
+	select {
+	case <-s.hello:
+	case <-s.exited:
+		return nil, ErrSessionOver
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	if !s.Alive() {
+		return nil, ErrSessionOver
+	}
+	pc := proto.Command{ID: c.ID, Path: c.GuestPath, Args: c.Args, Dir: c.Dir, Env: c.Env}
+	for _, o := range c.Outputs {
+		pc.Outputs = append(pc.Outputs, proto.Output{Path: o.Guest, Dir: o.Dir})
+	}
+	files := c.Files
+	if pc.Path == "" {
+		pc.Path = guestBinDir + "/" + c.ID
+		files = append([]images.File{{Guest: pc.Path, Host: c.Binary, Mode: 0o755, StripDWARF: !s.opts.KeepDWARF}}, files...)
+	}
+	for _, f := range files {
+		sf, err := s.spool.add(f)
+		if err != nil {
+			s.spool.release(pc.Files)
+			if errors.Is(err, errSpoolFull) {
+				return nil, ErrSessionOver
+			}
+			return nil, fmt.Errorf("vmtest: %s for the guest: %w", f.Guest, err)
+		}
+		pc.Files = append(pc.Files, sf)
+	}
+	defer s.spool.release(pc.Files)
+	job, err := (&proto.Job{Commands: []proto.Command{pc}}).MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("vmtest: %w", err)
+	}
+
+	res := &Result{Accel: s.res.Accel, Release: s.res.Release, AgentUptime: s.res.AgentUptime, OutDir: c.OutDir,
+		Commands: []CommandResult{{ID: c.ID}}}
+	if s.ran == 0 {
+		res.Boot = s.res.Boot // the boot is the first command's cost
+	}
+	s.ran++
+	ropts := s.opts
+	ropts.Commands = []Command{c.Command}
+	ropts.OutDir, ropts.Output = c.OutDir, c.Output
+	splats := &splatScanner{}
+	start := time.Now()
+	cr := newResultReader(res, ropts, s.key, splats, start)
+	cr.hello = true
+	consoleFrom := s.consoleSize()
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.cur, s.curDone = cr, done
+	w := s.w
+	s.mu.Unlock()
+	if err := w.WriteFrame(proto.TypeRun, "", job); err != nil {
+		s.mu.Lock()
+		s.cur = nil
+		s.mu.Unlock()
+		s.kill()
+		return nil, ErrSessionOver
+	}
+
+	timer := time.NewTimer(s.opts.Timeout)
+	defer timer.Stop()
+	var failure *Failure
+	select {
+	case <-done:
+	case <-s.exited:
+	case <-timer.C:
+		s.kill()
+		failure = &Failure{Kind: FailTimeout, Message: fmt.Sprintf("%s did not finish within %s (hung?)", c.ID, s.opts.Timeout)}
+	case <-ctx.Done():
+		s.kill()
+		failure = &Failure{Kind: FailCancelled, Message: "run stopped before " + c.ID + " finished"}
+	}
+	select {
+	case <-done:
+	default:
+		// The guest is gone (or going): once the boot returned, nothing
+		// writes to cr any more.
+		<-s.exited
+		s.mu.Lock()
+		s.cur = nil
+		s.mu.Unlock()
+		if failure == nil {
+			failure = s.res.Failure
+		}
+		if failure == nil {
+			failure = &Failure{Kind: FailNoReport, Message: "guest stopped while running " + c.ID}
+		}
+		if failure.Console == nil && s.res.Failure != nil {
+			failure.Console = s.res.Failure.Console
+		}
+		res.Failure = failure
+	}
+	cr.finish()
+	res.Duration = time.Since(start)
+	res.Splats = splats.result()
+	s.copyConsole(consoleFrom, filepath.Join(c.OutDir, "console.log"))
+	if err := writeResult(res); err != nil {
+		return res, err
+	}
+	if len(res.ProtocolErrors) > 0 {
+		s.kill() // what comes from this guest can no longer be trusted
+	}
+	return res, nil
+}
+
+// Close ends the session: the agent powers off (or QEMU is stopped after a
+// grace period) and the boot's results are written.
+func (s *Session) Close() error {
+	select {
+	case <-s.hello:
+		s.mu.Lock()
+		w := s.w
+		s.mu.Unlock()
+		if w != nil {
+			_ = w.WriteFrame(proto.TypeStop, "", nil)
+		}
+	default:
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		s.kill()
+	}
+	s.cancel()
+	return s.bootErr
+}
+
+// kill stops QEMU and waits for the boot to end.
+func (s *Session) kill() {
+	s.cancel()
+	<-s.exited
+}
+
+func (s *Session) consoleSize() int64 {
+	st, err := os.Stat(filepath.Join(s.opts.OutDir, "console.log"))
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// copyConsole copies the session's console from offset on to dst: what the
+// console showed while a command ran.
+func (s *Session) copyConsole(from int64, dst string) {
+	src, err := os.Open(filepath.Join(s.opts.OutDir, "console.log"))
+	if err != nil {
+		return
+	}
+	defer src.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return
+	}
+	defer out.Close()
+	_, _ = io.Copy(out, io.NewSectionReader(src, from, 1<<62))
+}
+
+// errSpoolFull: the spool disk has no room left for a command's files.
+var errSpoolFull = errors.New("spool disk full")
+
+// spool is the disk a session's commands' files reach the guest by: the
+// host writes each file at the next aligned offset while QEMU has the file
+// open read-only, and the guest reads it with O_DIRECT.
+type spool struct {
+	path string
+	f    *os.File
+	mu   sync.Mutex
+	next int64
+}
+
+func newSpool(path string) (*spool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("vmtest: spool disk: %w", err)
+	}
+	head := make([]byte, proto.SpoolAlign)
+	copy(head, proto.SpoolMagic)
+	if _, err := f.WriteAt(head, 0); err == nil {
+		err = f.Truncate(spoolSize)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("vmtest: spool disk: %w", err)
+	}
+	return &spool{path: path, f: f, next: proto.SpoolAlign}, nil
+}
+
+func (sp *spool) add(file images.File) (proto.SpoolFile, error) {
+	data, mode, err := file.Contents()
+	if err != nil {
+		return proto.SpoolFile{}, err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	off := sp.next
+	if off+int64(len(data)) > spoolSize {
+		return proto.SpoolFile{}, errSpoolFull
+	}
+	if _, err := sp.f.WriteAt(data, off); err != nil {
+		return proto.SpoolFile{}, err
+	}
+	sp.next = (off + int64(len(data)) + proto.SpoolAlign - 1) / proto.SpoolAlign * proto.SpoolAlign
+	sum := sha256.Sum256(data)
+	return proto.SpoolFile{Path: file.Guest, Mode: uint32(mode), Offset: off, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}, nil
+}
+
+// release gives the blocks of files back to the host's file system.
+func (sp *spool) release(files []proto.SpoolFile) {
+	for _, f := range files {
+		n := (f.Size + proto.SpoolAlign - 1) / proto.SpoolAlign * proto.SpoolAlign
+		_ = unix.Fallocate(int(sp.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, f.Offset, n)
+	}
+}
+
+// full reports whether less than 1 GiB is left.
+func (sp *spool) full() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.next > spoolSize-1<<30
+}
+
+func (sp *spool) remove() {
+	sp.f.Close()
+	os.Remove(sp.path)
+}
