@@ -54,13 +54,15 @@ test:
 	$(GO) vet $(PACKAGES)
 	$(GO) test -count=1 -p 1 -timeout 60m $(PACKAGES) $(TESTFLAGS)
 
-# Runner against the floor on every kernel; the table also goes to vmtest-results/bench-runner.md.
+# Runner against the floor on every kernel, then workloads against it (46 small packages; the
+# suites over every kernel: guest time and per-case fixed cost); the tables also go to
+# vmtest-results/bench-runner.md.
 # Then the cost of skb-keyed storage (suites/skbbench) on BENCH_KERNELS, one
 # guest at a time so that the guests do not measure each other; its tables
 # (summary.md of that run) also go to vmtest-results/bench-storage.md.
 bench: deps bin/vmtest
 	@status=0; \
-	$(VMTEST) bench -kernel all -cpus $(CPUS) $(VMTEST_ARGS) || status=$$?; \
+	$(VMTEST) bench -kernel all -cpus $(CPUS) -workload '$(SUITES)' -workload-modules '$(MODULES)' $(VMTEST_ARGS) || status=$$?; \
 	$(VMTEST) run -kernel $(BENCH_KERNELS) -cpus $(CPUS) -modules veth -vms 1 -results vmtest-results $(VMTEST_ARGS) -- go test ./suites/skbbench -count=1 || status=$$?; \
 	echo; \
 	echo "== skb-keyed storage cost: under software emulation absolute numbers mean little, compare the ratios =="; \

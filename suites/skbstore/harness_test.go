@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -115,6 +116,19 @@ func (s *suiteLog) metrics() map[string]any {
 		if total, ok := r.Stale["total"]; ok {
 			m[key+".stale"] = total
 		}
+	}
+	// A case's fixed cost: its time other than its traffic (loading or
+	// resetting, attaching, settling, checking), median over the runs;
+	// vmtest bench -workload sets it against the floor.
+	var fixed []int64
+	for _, r := range s.runs {
+		if r.Verdict == "pass" {
+			fixed = append(fixed, r.DurationMS-r.PhasesMS["traffic"])
+		}
+	}
+	if len(fixed) > 0 {
+		slices.Sort(fixed)
+		m["case_fixed_ms"] = fixed[len(fixed)/2]
 	}
 	return m
 }

@@ -22,7 +22,7 @@ type workload struct {
 	name    string
 	kernels []string
 	suites  bool // show each suite's time per kernel
-	boots   int // guests booted
+	boots   int  // guests booted
 	wall    time.Duration
 	rep     *report.Report
 	err     error
