@@ -205,7 +205,9 @@ type Result struct {
 	// FirstOutput is the time from QEMU start to the first output of a
 	// command (for a Go test, its first event).
 	FirstOutput time.Duration
-	Duration    time.Duration
+	// Duration is the guest's time: QEMU's start to its exit; for a
+	// Session's command, its run (and the boot, for the first command).
+	Duration time.Duration
 	// Kernel has points of the guest kernel's clock read from the console.
 	Kernel KernelTimes
 	// QEMUMaxRSS is the peak resident memory of the QEMU process, in bytes.

@@ -306,7 +306,7 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 		res.Failure = failure
 	}
 	cr.finish()
-	res.Duration = time.Since(start)
+	res.Duration = res.Boot + time.Since(start)
 	res.Splats = splats.result()
 	s.copyConsole(consoleFrom, filepath.Join(c.OutDir, "console.log"))
 	if err := writeResult(res); err != nil {

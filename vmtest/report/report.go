@@ -65,6 +65,10 @@ type Suite struct {
 	// The runner's view of the boot, when it got that far.
 	Accel        string             `json:"accel,omitempty"`
 	BootSeconds  float64            `json:"boot_seconds,omitempty"`
+	// GuestSeconds is the guest's time for the package: its boot (none
+	// for the later packages of a boot per kernel) and its run
+	// (vmtest.Result.Duration).
+	GuestSeconds float64 `json:"guest_seconds,omitempty"`
 	Failure      *vmtest.Failure    `json:"failure,omitempty"`
 	Splats       []vmtest.Splat     `json:"splats,omitempty"`
 	Dir          string             `json:"dir,omitempty"` // relative to the results directory
@@ -292,6 +296,7 @@ func (s *Suite) addRun(root, dir string) {
 	}
 	s.Accel = res.Accel.Name
 	s.BootSeconds = res.Boot.Seconds()
+	s.GuestSeconds = res.Duration.Seconds()
 	s.Failure = res.Failure
 	if f := res.Failure; f != nil && f.Kind == vmtest.FailCancelled && s.Outcome == gotest.Fail && !s.hasFailedTest() {
 		// The run was stopped before the package got to a verdict (go test

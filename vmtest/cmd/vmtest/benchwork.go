@@ -164,7 +164,7 @@ func (b *bench) renderWorkloads(ws []*workload) string {
 				if fixed > 0 {
 					fc, fr = fmt.Sprintf("%.0f ms", fixed.Seconds()*1000), ratio(fixed, floor)
 				}
-				guest := time.Duration(st.Elapsed * float64(time.Second))
+				guest := time.Duration(st.GuestSeconds * float64(time.Second))
 				fmt.Fprintf(&s, "| %s | %s | %.1fs | %s | %s | %s |\n", k.Name, st.Name, guest.Seconds(), ratio(guest, floor), fc, fr)
 			}
 		}

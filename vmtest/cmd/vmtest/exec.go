@@ -54,6 +54,13 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	if sock := os.Getenv(serverEnv); sock != "" && !f.shellOnFail {
+		code, fallback, err := execOnServer(sock, &f, bin, binArgs, libs)
+		if fallback == "" {
+			return code, err
+		}
+		fmt.Fprintf(os.Stderr, "vmtest: %s: a boot of its own\n", fallback)
+	}
 	var tty *os.File
 	if f.shellOnFail {
 		if tty, err = openTTY(); err != nil {
@@ -79,7 +86,7 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	files, shares, err := guestFiles(cwd, &f, p)
+	files, shares, err := guestFiles(cwd, &f, p, os.Getenv("VMTEST_RESULTS"))
 	if err != nil {
 		return 1, err
 	}
@@ -110,6 +117,30 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 	fmt.Fprintf(os.Stderr, "vmtest: kernel %s (%s), accelerator %s, boot %.1fs, total %.1fs\n",
 		f.kernel, res.Release, res.Accel, res.Boot.Seconds(), res.Duration.Seconds())
 	return reportExec(os.Stderr, res, f.kernel, keep), nil
+}
+
+// execOnServer runs the binary in the guest of vmtest run -boot per-kernel
+// (guestServer): same directory, outputs, environment and results
+// directory as a boot of its own would have.
+func execOnServer(sock string, f *vmFlags, bin string, args []string, libs []images.File) (int, string, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return 1, "", err
+	}
+	id := commandID(bin)
+	outDir, keep, err := execOutDir(f.results, runName(id))
+	if err != nil {
+		return 1, "", err
+	}
+	outputs, env := testOutputs(args, cwd, os.Getenv)
+	req := execRequest{ID: id, Binary: bin, Args: args, Dir: cwd, Env: env, Outputs: outputs, Libs: libs,
+		OutDir: outDir, Keep: keep, ModuleRoot: moduleRoot(cwd)}
+	code, fallback, err := execViaServer(sock, req, os.Stdout, os.Stderr)
+	if fallback != "" {
+		// The boot of its own wants an empty results directory.
+		os.Remove(outDir)
+	}
+	return code, fallback, err
 }
 
 // openTTY opens the controlling terminal for -shell-on-fail: stdin may be
@@ -212,7 +243,9 @@ func testOutputs(args []string, cwd string, getenv func(string) string) ([]vmtes
 // and an OCI -selftests image's objects, each at its own path (shares, on a
 // disk), and for the initramfs the kernel's config where tests look for it
 // and the C libraries of a program named by -share.
-func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, []vmtest.Share, error) {
+// results, when set, is the run's results directory of a kernel (all the
+// kernels' directory is skipped).
+func guestFiles(dir string, f *vmFlags, p *prepared, results string) ([]images.File, []vmtest.Share, error) {
 	roots := []string{moduleRoot(dir)}
 	for _, s := range splitList(f.share) {
 		abs, err := filepath.Abs(s)
@@ -228,10 +261,10 @@ func guestFiles(dir string, f *vmFlags, p *prepared) ([]images.File, []vmtest.Sh
 		roots = append(roots, p.kernel.Selftests) // an OCI -selftests image's objects
 	}
 	opts := images.TreeOptions{SkipDirs: []string{".git", ".hg", ".svn", "vmtest-results"}, MaxBytes: int64(f.shareLimit)}
-	if r := os.Getenv("VMTEST_RESULTS"); r != "" {
+	if results != "" {
 		// The whole run's results (every kernel's), when they are kept
 		// inside the module.
-		opts.SkipPaths = append(opts.SkipPaths, filepath.Dir(r))
+		opts.SkipPaths = append(opts.SkipPaths, filepath.Dir(results))
 	}
 	opts.SkipPaths = append(opts.SkipPaths, ignoredDirs(roots[0])...)
 	var files []images.File

@@ -33,6 +33,7 @@ type runFlags struct {
 	suites      string
 	rerunFailed string
 	allowSkip   bool
+	boot        string
 }
 
 func runCmd(ctx context.Context, args []string) (int, error) {
@@ -41,6 +42,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	f.register(fs)
 	fs.BoolVar(&f.json, "json", false, "print go test -json events on stdout instead of the human-readable report")
 	fs.StringVar(&f.suites, "suites", "", "comma-separated test packages to run, by last path element (e.g. skbstore), out of the given patterns")
+	fs.StringVar(&f.boot, "boot", bootPerPackage, "per-package: a guest per test binary (package) and kernel; per-kernel: one guest per kernel runs every package's test binary, one after another (each with its own directory, environment, outputs and results; the kernel's state carries over as on a host), a package that crashes or hangs the guest fails alone and the rest go on in a fresh guest")
 	fs.BoolVar(&f.allowSkip, "allow-skip", false, "let a package whose every test skipped pass (by default it fails: nothing was checked)")
 	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
@@ -102,6 +104,15 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	}
 	if f.vms == 0 {
 		f.vms = defaultVMs(f.memory)
+	}
+	switch f.boot {
+	case bootPerPackage, bootPerKernel:
+	default:
+		return 2, fmt.Errorf("-boot %q: give %s or %s", f.boot, bootPerPackage, bootPerKernel)
+	}
+	if f.boot == bootPerKernel && (f.shellOnFail || f.gdb != "") {
+		fmt.Fprintf(os.Stderr, "vmtest: -boot %s: -shell-on-fail and -gdb need a guest per package; booting per package\n", bootPerKernel)
+		f.boot = bootPerPackage
 	}
 	if f.shellOnFail {
 		testFlags = f.shellOnFailPlan(testFlags)
@@ -312,6 +323,21 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 	}
 	cmd := exec.Command("go", goArgs...)
 	cmd.Env = append(os.Environ(), "GOARCH="+p.kernel.Arch, "CGO_ENABLED="+cgo, "VMTEST_RESULTS="+kdir, "VMTEST_RUN_ROOT="+cwd, "VMTEST_BASE_IMAGE="+base)
+	if m.f.boot == bootPerKernel {
+		srv, err := m.guestServer(ctx, &kf, p, base, cwd, kdir, k.Name)
+		if err != nil {
+			k.Error = err.Error()
+			k.Outcome = gotest.Fail
+			m.st.set(k.Name, "failed: "+k.Error)
+			return
+		}
+		defer func() {
+			if err := srv.close(); err != nil {
+				m.st.println(os.Stderr, fmt.Sprintf("[%s] guest server: %v", k.Name, err))
+			}
+		}()
+		cmd.Env = append(cmd.Env, serverEnv+"="+srv.sock)
+	}
 	cmd.Stderr = os.Stderr
 	// A process group of its own, so that stopping the run reaches go test
 	// and every vmtest exec under it however the signal came; but a shell
@@ -381,6 +407,23 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 		state = "interrupted"
 	}
 	m.st.set(k.Name, fmt.Sprintf("%s in %.0fs", state, time.Since(start).Seconds()))
+}
+
+// guestServer starts the kernel's guest server (-boot per-kernel): the guest
+// shares what a vmtest exec in the run's directory would (its module, -share
+// paths), so every package of that tree can run in it.
+func (m *matrix) guestServer(ctx context.Context, kf *vmFlags, p *prepared, base, cwd, kdir, name string) (*guestServer, error) {
+	files, shares, err := guestFiles(cwd, kf, p, kdir)
+	if err != nil {
+		return nil, err
+	}
+	opts := kf.options(p, base)
+	opts.Files, opts.Shares = files, shares
+	var roots []string
+	for _, sh := range shares {
+		roots = append(roots, sh.Path)
+	}
+	return startGuestServer(ctx, name, opts, roots, kdir)
 }
 
 // shellOnFailPlan makes a run fit for -shell-on-fail: one guest at a time

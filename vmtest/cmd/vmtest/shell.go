@@ -57,7 +57,7 @@ func shellCmd(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	files, shares, err := guestFiles(cwd, &f, p)
+	files, shares, err := guestFiles(cwd, &f, p, os.Getenv("VMTEST_RESULTS"))
 	if err != nil {
 		return 1, err
 	}
