@@ -63,12 +63,12 @@ type Suite struct {
 	Output string `json:"output,omitempty"`
 
 	// The runner's view of the boot, when it got that far.
-	Accel        string             `json:"accel,omitempty"`
-	BootSeconds  float64            `json:"boot_seconds,omitempty"`
+	Accel       string  `json:"accel,omitempty"`
+	BootSeconds float64 `json:"boot_seconds,omitempty"`
 	// GuestSeconds is the guest's time for the package: its boot (none
 	// for the later packages of a boot per kernel) and its run
 	// (vmtest.Result.Duration).
-	GuestSeconds float64 `json:"guest_seconds,omitempty"`
+	GuestSeconds float64            `json:"guest_seconds,omitempty"`
 	Failure      *vmtest.Failure    `json:"failure,omitempty"`
 	Splats       []vmtest.Splat     `json:"splats,omitempty"`
 	Dir          string             `json:"dir,omitempty"` // relative to the results directory
