@@ -1,0 +1,117 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestBootPerKernel runs a module's packages with -boot per-kernel: go test
+// reports each package as usual; the packages before a kernel panic share
+// one boot (the same boot ID), each in its own directory with its testdata,
+// its environment and its coverage; the package that panics the kernel
+// fails alone, with the panic as the reason, and the next one passes in a
+// fresh guest. The coverage profile go test merges from every package
+// comes home.
+func TestBootPerKernel(t *testing.T) {
+	bin := vmtestBin(t)
+	mod := t.TempDir()
+	write := func(p, content string) {
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
+	}
+	write("go.mod", "module example.com/perkernel\n\ngo 1.24\n")
+	pkg := func(name string) {
+		write(name+"/testdata/name.txt", name)
+		write(name+"/"+name+".go", "package "+name+"\n\nfunc Name() string { return \""+name+"\" }\n")
+		write(name+"/"+name+"_test.go", `package `+name+`
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestInGuest(t *testing.T) {
+	if os.Getenv("VMTEST_GUEST") != "1" {
+		t.Fatal("not in a guest")
+	}
+	b, err := os.ReadFile("testdata/name.txt")
+	if err != nil || string(b) != Name() {
+		t.Fatalf("testdata/name.txt from the package's directory: %q, %v", b, err)
+	}
+	if os.Getenv("PERKERNEL_LEAK") != "" {
+		t.Fatal("the environment of an earlier package leaked")
+	}
+	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(os.Getenv("VMTEST_ARTIFACTS"), "boot_id"), id, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Setenv("PERKERNEL_LEAK", "1")
+}
+`)
+	}
+	for _, p := range []string{"p1", "p2", "p4"} {
+		pkg(p)
+	}
+	write("p3/p3_test.go", `package p3
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestPanic(t *testing.T) {
+	if err := os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0o200); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Minute)
+}
+`)
+	results := t.TempDir()
+	// -p 1: the packages run in order, so which share the boot is known.
+	cmd := exec.Command(bin, "run", "-kernel", "6.1", "-boot", "per-kernel", "-results", results, "--",
+		"go", "test", "-p", "1", "-coverprofile", "cover.out", "./...")
+	cmd.Dir = mod
+	cmd.Env = append(os.Environ(), "VMTEST_SRC=")
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	require.Error(t, err, "the package that panics the kernel fails the run")
+	assert.Contains(t, string(out), "3 passed, 1 failed, 0 skipped")
+
+	dir := runDirOf(t, results)
+	rep := readReport(t, dir)
+	require.Len(t, rep.Kernels, 1)
+	suites := map[string]string{}
+	bootIDs := map[string]string{}
+	for _, s := range rep.Kernels[0].Suites {
+		suites[s.Name] = s.Outcome
+		if s.Name == "p3" {
+			require.NotNil(t, s.Failure, "the panic is the reason")
+			assert.Equal(t, "kernel panic", s.Failure.Kind)
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, s.Dir, "artifacts", s.Name, "boot_id"))
+		require.NoError(t, err, s.Name)
+		bootIDs[s.Name] = strings.TrimSpace(string(b))
+	}
+	assert.Equal(t, map[string]string{"p1": "pass", "p2": "pass", "p3": "fail", "p4": "pass"}, suites)
+	assert.Equal(t, bootIDs["p1"], bootIDs["p2"], "p1 and p2 ran in one boot")
+	assert.NotEqual(t, bootIDs["p2"], bootIDs["p4"], "p4 ran in a fresh guest after the panic")
+	assert.DirExists(t, filepath.Join(dir, "6.1", ".boot-2"))
+
+	cover, err := os.ReadFile(filepath.Join(mod, "cover.out"))
+	require.NoError(t, err, "go test's merged coverage profile")
+	for _, p := range []string{"p1", "p2", "p4"} {
+		assert.Contains(t, string(cover), "example.com/perkernel/"+p+"/"+p+".go")
+	}
+}
