@@ -108,6 +108,10 @@ type resultReader struct {
 	sink    func() *resultReader
 	onHello func()
 	onExit  func(*resultReader)
+	// Faults of the guest's set-up (before the first command) and those
+	// handed to a command so far.
+	bootFaults, handed int
+	handedBoot         bool
 }
 
 func newResultReader(res *Result, opts Options, key []byte, splats *splatScanner, start time.Time) *resultReader {
@@ -147,6 +151,9 @@ func (r *resultReader) read(conn io.Reader) {
 		}
 		if f.Type == "" {
 			continue
+		}
+		if t != r && f.Type == proto.TypeStart {
+			r.handFaults(t)
 		}
 		t.handle(f)
 		switch {
@@ -276,6 +283,21 @@ func (r *resultReader) handle(f proto.Frame) {
 	default:
 		r.protoErr("unknown frame type %.40q", f.Type)
 	}
+}
+
+// handFaults gives a session's command the faults of the guest's set-up
+// (each command gets them, as each boot of its own would have) and those
+// the agent reported since the last command.
+func (r *resultReader) handFaults(t *resultReader) {
+	if !r.handedBoot {
+		r.handedBoot = true
+		r.bootFaults, r.handed = len(r.res.Faults), len(r.res.Faults)
+	}
+	t.res.Faults = append(t.res.Faults, r.res.Faults[:r.bootFaults]...)
+	for _, f := range r.res.Faults[r.handed:] {
+		t.res.Faults = append(t.res.Faults, "before this package: "+f)
+	}
+	r.handed = len(r.res.Faults)
 }
 
 // running returns the running command if the frame names it.

@@ -284,35 +284,13 @@ const guestBinDir = "/vmtest/bin"
 // an unreadable file); what happened in the guest is in the Result, which is
 // also written to OutDir/result.json.
 func Run(ctx context.Context, opts Options) (*Result, error) {
-	if opts.OutDir == "" {
-		return nil, errors.New("vmtest: no output directory")
-	}
-	if opts.Kernel == "" {
-		return nil, errors.New("vmtest: no kernel")
-	}
-	if err := opts.check(); err != nil {
-		return nil, err
-	}
-	var err error
-	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
-		return nil, err
-	}
-	if err := opts.checkBinaries(); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("vmtest: %w", err)
-	}
-	qemu, err := findQEMU(opts.QEMU, opts.mach)
+	qemu, err := opts.prepare()
 	if err != nil {
 		return nil, err
 	}
 	progress := opts.Progress
 	if progress == nil {
 		progress = io.Discard
-	}
-	if opts.Timeout == 0 {
-		opts.Timeout = 10 * time.Minute
 	}
 
 	key, err := proto.NewKey()
@@ -349,6 +327,33 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		err = werr
 	}
 	return res, err
+}
+
+// prepare checks opts, sets its machine and default timeout, makes OutDir
+// and returns the QEMU binary to run.
+func (opts *Options) prepare() (qemu string, err error) {
+	if opts.OutDir == "" {
+		return "", errors.New("vmtest: no output directory")
+	}
+	if opts.Kernel == "" {
+		return "", errors.New("vmtest: no kernel")
+	}
+	if err := opts.check(); err != nil {
+		return "", err
+	}
+	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
+		return "", err
+	}
+	if err := opts.checkBinaries(); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return "", fmt.Errorf("vmtest: %w", err)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Minute
+	}
+	return findQEMU(opts.QEMU, opts.mach)
 }
 
 // findQEMU finds the qemu-system binary for the machine. $VMTEST_QEMU
@@ -613,7 +618,7 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 	}()
 	rr := newResultReader(res, opts, key, splats, start)
 	if opts.serve != nil {
-		opts.serve.attach(rr, hostConn)
+		opts.serve.attach(rr, hostConn, splats)
 	}
 	resultsDone := make(chan struct{})
 	go func() {

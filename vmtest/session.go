@@ -2,10 +2,9 @@ package vmtest
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"os"
@@ -49,6 +48,10 @@ type Session struct {
 	tainted bool // results came with protocol errors: no command follows
 	ran     int
 	once    sync.Once
+	splats  *splatScanner // the console's and, between commands, dmesg's
+	taken   int           // splats handed to commands so far
+	rr      *resultReader // the boot's; read once it returned
+	blamed  bool          // the guest's failure is a command's
 }
 
 // SessionCommand is a command for Session.Run.
@@ -81,25 +84,9 @@ func StartSession(ctx context.Context, opts Options) (*Session, error) {
 	if len(opts.Commands) > 0 {
 		return nil, errors.New("vmtest: a session's commands are given to Run")
 	}
-	if opts.OutDir == "" || opts.Kernel == "" {
-		return nil, errors.New("vmtest: a session needs a kernel and an output directory")
-	}
-	if err := opts.check(); err != nil {
-		return nil, err
-	}
-	var err error
-	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("vmtest: %w", err)
-	}
-	qemu, err := findQEMU(opts.QEMU, opts.mach)
+	qemu, err := opts.prepare()
 	if err != nil {
 		return nil, err
-	}
-	if opts.Timeout == 0 {
-		opts.Timeout = 10 * time.Minute
 	}
 	key, err := proto.NewKey()
 	if err != nil {
@@ -155,9 +142,10 @@ func StartSession(ctx context.Context, opts Options) (*Session, error) {
 }
 
 // attach is called by the boot once the result port is up.
-func (s *Session) attach(rr *resultReader, conn net.Conn) {
+func (s *Session) attach(rr *resultReader, conn net.Conn, splats *splatScanner) {
 	s.mu.Lock()
 	s.w = proto.NewWriter(conn, s.key)
+	s.splats, s.rr = splats, rr
 	s.mu.Unlock()
 	rr.sink = func() *resultReader {
 		s.mu.Lock()
@@ -204,20 +192,25 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 	if c.OutDir == "" {
 		return nil, errors.New("vmtest: no output directory for the command")
 	}
+	check := s.opts
+	check.Commands = []Command{c.Command}
+	if err := check.checkBinaries(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(c.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("vmtest: %w", err)
 	}
 	select {
 	case <-s.hello:
 	case <-s.exited:
-		return nil, ErrSessionOver
+		return nil, s.over()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
 	if !s.Alive() {
-		return nil, ErrSessionOver
+		return nil, s.over()
 	}
 	pc := proto.Command{ID: c.ID, Path: c.GuestPath, Args: c.Args, Dir: c.Dir, Env: c.Env}
 	for _, o := range c.Outputs {
@@ -255,6 +248,12 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 	ropts.Commands = []Command{c.Command}
 	ropts.OutDir, ropts.Output = c.OutDir, c.Output
 	splats := &splatScanner{}
+	// Kernel reports that came between commands (or at boot) are this
+	// one's: nothing may go unreported.
+	for _, sp := range s.takeSplats() {
+		sp.Line = "before this package: " + sp.Line
+		res.Splats = append(res.Splats, sp)
+	}
 	start := time.Now()
 	cr := newResultReader(res, ropts, s.key, splats, start)
 	cr.hello = true
@@ -296,6 +295,9 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 		s.mu.Unlock()
 		if failure == nil {
 			failure = s.res.Failure
+			s.mu.Lock()
+			s.blamed = true
+			s.mu.Unlock()
 		}
 		if failure == nil {
 			failure = &Failure{Kind: FailNoReport, Message: "guest stopped while running " + c.ID}
@@ -307,7 +309,18 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 	}
 	cr.finish()
 	res.Duration = res.Boot + time.Since(start)
-	res.Splats = splats.result()
+	// The command's reports: from its kernel log and from the console
+	// meanwhile (the same report seen twice counts once).
+	seen := map[string]bool{}
+	for _, sp := range res.Splats {
+		seen[sp.Line] = true
+	}
+	for _, sp := range append(splats.result(), s.takeSplats()...) {
+		if !seen[sp.Line] {
+			seen[sp.Line] = true
+			res.Splats = append(res.Splats, sp)
+		}
+	}
 	s.copyConsole(consoleFrom, filepath.Join(c.OutDir, "console.log"))
 	if err := writeResult(res); err != nil {
 		return res, err
@@ -318,8 +331,45 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 	return res, nil
 }
 
+// takeSplats returns the kernel reports seen on the console or in the kernel
+// log between commands since the last call.
+func (s *Session) takeSplats() []Splat {
+	s.mu.Lock()
+	sc := s.splats
+	s.mu.Unlock()
+	if sc == nil {
+		return nil
+	}
+	all := sc.result()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.taken >= len(all) {
+		return nil
+	}
+	out := all[s.taken:]
+	s.taken = len(all)
+	return out
+}
+
+// over is ErrSessionOver with what is known of why.
+func (s *Session) over() error {
+	select {
+	case <-s.exited:
+		if f := s.res.Failure; f != nil {
+			return fmt.Errorf("%w: %v", ErrSessionOver, f)
+		}
+		if s.bootErr != nil {
+			return fmt.Errorf("%w: %v", ErrSessionOver, s.bootErr)
+		}
+	default:
+	}
+	return ErrSessionOver
+}
+
 // Close ends the session: the agent powers off (or QEMU is stopped after a
-// grace period) and the boot's results are written.
+// grace period) and the boot's results are written. Kernel reports and
+// faults that came after the last command, which no command's result
+// holds, make its error.
 func (s *Session) Close() error {
 	select {
 	case <-s.hello:
@@ -337,7 +387,22 @@ func (s *Session) Close() error {
 		s.kill()
 	}
 	s.cancel()
-	return s.bootErr
+	errs := []error{s.bootErr}
+	for _, sp := range s.takeSplats() {
+		errs = append(errs, fmt.Errorf("kernel %s after the last package: %s", sp.Kind, sp.Line))
+	}
+	s.mu.Lock()
+	blamed, rr := s.blamed, s.rr
+	s.mu.Unlock()
+	if f := s.res.Failure; f != nil && !blamed && f.Kind != FailCancelled {
+		errs = append(errs, fmt.Errorf("guest failed while no package ran: %v", f))
+	}
+	if rr != nil {
+		for _, f := range s.res.Faults[min(rr.handed, len(s.res.Faults)):] {
+			errs = append(errs, fmt.Errorf("guest fault after the last package: %s", f))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // kill stops QEMU and waits for the boot to end.
@@ -416,8 +481,8 @@ func (sp *spool) add(file images.File) (proto.SpoolFile, error) {
 		return proto.SpoolFile{}, err
 	}
 	sp.next = (off + int64(len(data)) + proto.SpoolAlign - 1) / proto.SpoolAlign * proto.SpoolAlign
-	sum := sha256.Sum256(data)
-	return proto.SpoolFile{Path: file.Guest, Mode: uint32(mode), Offset: off, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}, nil
+	return proto.SpoolFile{Path: file.Guest, Mode: uint32(mode), Offset: off, Size: int64(len(data)),
+		CRC32C: crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))}, nil
 }
 
 // release gives the blocks of files back to the host's file system.

@@ -17,7 +17,8 @@ import (
 // as vmtest run -boot per-kernel does with the packages of a run: each
 // command has its own output, artifacts, environment and results directory
 // and the same boot; a daemon the first leaves behind is gone when the
-// second runs; a failing command leaves the session up; a kernel panic
+// second runs; a kernel report (WARNING) fails the command that caused it;
+// a failing command leaves the session up; a kernel panic
 // fails the command that caused it and ends the session.
 func TestSession(t *testing.T) {
 	t.Parallel()
@@ -60,6 +61,12 @@ func TestSession(t *testing.T) {
 	assert.Contains(t, string(out2), `mark "two"`)
 	assert.NotContains(t, string(out2), `mark "one"`, "outputs are apart")
 	assert.FileExists(t, filepath.Join(dir, "second", "result.json"))
+
+	warn := run("warn", "", "-test.run", "^TestWarn$")
+	require.NotEmpty(t, warn.Splats, "the kernel's report is the package's")
+	assert.Error(t, warn.Err(), "a kernel report fails the package that caused it")
+	assert.Nil(t, warn.Failure)
+	assert.True(t, s.Alive(), "a kernel report does not end the session")
 
 	failed := run("failed", "", "-test.run", "^TestFailOnPurpose$")
 	require.NotNil(t, failed.Commands[0].Exit)

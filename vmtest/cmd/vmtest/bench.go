@@ -41,10 +41,11 @@ func benchCmd(ctx context.Context, args []string) error {
 			"QEMU start to exit, the ratio runner/floor, the kernel's boot and user space on the guest's own\n"+
 			"clock, QEMU start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
 			"over all the kernels one at a time and -vms at a time. Then times real vmtest runs (workloads):\n"+
-			"a module of -packages small packages on the first kernel, and with -workload your go test on\n"+
+			"a module of -packages small packages on the first kernel and, with -workload, your go test on\n"+
 			"every kernel that booted (per suite: its guest time and, where it publishes case_fixed_ms\n"+
-			"metrics, its per-case fixed cost), each against the floor. Under software emulation absolute\n"+
-			"times mean little; compare the ratios, measured in one run.\n\nFlags:\n")
+			"metrics, its per-case fixed cost), each with -boot per-package and per-kernel, against the\n"+
+			"floor. Under software emulation absolute times mean little; compare the ratios, measured in\n"+
+			"one run.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -114,13 +115,17 @@ func benchCmd(ctx context.Context, args []string) error {
 		booted = append(booted, r.kernel)
 	}
 	var works []*workload
+	boots := []string{bootPerPackage, bootPerKernel}
 	if *packages > 0 && len(booted) > 0 {
 		dir := filepath.Join(tmp, "packages")
-		w := &workload{name: fmt.Sprintf("%d small packages", *packages), kernels: booted[:1]}
-		if w.err = manyPackages(dir, *packages); w.err == nil {
-			w = b.runWorkload(ctx, w.name, dir, booted[:1], []string{"./..."})
+		err := manyPackages(dir, *packages)
+		for _, boot := range boots {
+			w := &workload{name: fmt.Sprintf("%d small packages, boot %s", *packages, boot), kernels: booted[:1], err: err}
+			if err == nil {
+				w = b.runWorkload(ctx, w.name, dir, boot, booted[:1], []string{"./..."})
+			}
+			works = append(works, w)
 		}
-		works = append(works, w)
 	}
 	if *workloadArgs != "" && len(booted) > 0 {
 		cwd, err := os.Getwd()
@@ -128,9 +133,11 @@ func benchCmd(ctx context.Context, args []string) error {
 			return err
 		}
 		b.workloadModules = *workloadModules
-		w := b.runWorkload(ctx, "go test "+*workloadArgs, cwd, booted, strings.Fields(*workloadArgs))
-		w.suites = true
-		works = append(works, w)
+		for _, boot := range boots {
+			w := b.runWorkload(ctx, "go test "+*workloadArgs+", boot "+boot, cwd, boot, booted, strings.Fields(*workloadArgs))
+			w.suites = true
+			works = append(works, w)
+		}
 	}
 	for _, w := range works {
 		if w.err != nil {

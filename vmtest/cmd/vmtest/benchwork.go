@@ -52,7 +52,7 @@ func manyPackages(dir string, n int) error {
 // runWorkload runs `vmtest run` on kernels in dir with goTest (go test's
 // packages and flags). Its packages are compiled first, on the host, so that
 // the figure is a re-run's: boots and tests, not the first compile.
-func (b *bench) runWorkload(ctx context.Context, name, dir string, kernels []string, goTest []string) *workload {
+func (b *bench) runWorkload(ctx context.Context, name, dir, boot string, kernels []string, goTest []string) *workload {
 	w := &workload{name: name, kernels: kernels}
 	self, err := os.Executable()
 	if err != nil {
@@ -67,12 +67,12 @@ func (b *bench) runWorkload(ctx context.Context, name, dir string, kernels []str
 		w.err = fmt.Errorf("compile %s: %w: %s", name, err, tailLines(out, 5))
 		return w
 	}
-	results := filepath.Join(b.tmp, "workload-"+strings.ReplaceAll(name, " ", "-"))
+	results := filepath.Join(b.tmp, "workload-"+strings.NewReplacer(" ", "-", "/", "_", ",", "").Replace(name))
 	kf := *b.f
 	kf.kernel = strings.Join(kernels, ",")
 	kf.modules = b.workloadModules
 	args := append([]string{"run"}, kf.args()...)
-	args = append(args, "-results", results, "--", "go", "test", "-count=1")
+	args = append(args, "-boot", boot, "-results", results, "--", "go", "test", "-count=1")
 	args = append(args, goTest...)
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Dir = dir

@@ -117,7 +117,7 @@ func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
 	f.timeout = defaultTimeout
-	fs.Var(durationFlag{&f.timeout, &f.timeoutSet}, "timeout", "limit for one boot, from QEMU start to power-off")
+	fs.Var(durationFlag{&f.timeout, &f.timeoutSet}, "timeout", "limit for one boot, from QEMU start to power-off (vmtest run -boot per-kernel: for each package's run in the kernel's guest)")
 	fs.StringVar(&f.modules, "modules", "", "comma-separated kernel modules to load in the guest before the tests (with their dependencies)")
 	fs.StringVar(&f.results, "results", "", "directory to keep results in")
 	fs.BoolVar(&f.console, "console", false, "copy the guest console to the stderr of vmtest exec while it runs (under vmtest run it shows in the package output)")

@@ -47,7 +47,8 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest run [flags] [-- go test [packages] [go test flags]]\n\n"+
-			"Runs go test with each test binary executed in a guest (one boot per package and kernel),\n"+
+			"Runs go test with each test binary executed in a guest (one boot per package and kernel, or\n"+
+			"with -boot per-kernel one guest per kernel that runs the packages one after another),\n"+
 			"then prints per-test results and \"N passed, N failed, N skipped\". -kernel takes a\n"+
 			"comma-separated list or \"all\"; kernels run in parallel, at most -vms guests at a time.\n"+
 			"Exit status is 0 only when all tests passed and no guest failed or reported a kernel splat.\n"+
@@ -56,7 +57,8 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 			"  report.json, junit.xml, summary.md   the reports (summary.md is also appended to $GITHUB_STEP_SUMMARY)\n"+
 			"  <kernel>/events.json                 the go test -json stream\n"+
 			"  <kernel>/<pkg dir>/                  one boot: console.log, dmesg.log, <pkg>.out (test output),\n"+
-			"                                       artifacts/ (files tests wrote to $VMTEST_ARTIFACTS), result.json\n\nFlags:\n")
+			"                                       artifacts/ (files tests wrote to $VMTEST_ARTIFACTS), result.json\n"+
+			"  <kernel>/.boot-N/                    -boot per-kernel: each guest's own console.log, dmesg.log, result.json\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -332,8 +334,13 @@ func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
 			return
 		}
 		defer func() {
+			// What no package's result holds (a guest that failed
+			// between packages, a kernel report after the last one)
+			// fails the kernel.
 			if err := srv.close(); err != nil {
-				m.st.println(os.Stderr, fmt.Sprintf("[%s] guest server: %v", k.Name, err))
+				k.Error = strings.Join(append([]string{k.Error}, err.Error()), "; ")
+				k.Error = strings.TrimPrefix(k.Error, "; ")
+				m.st.println(os.Stderr, fmt.Sprintf("[%s] %v", k.Name, err))
 			}
 		}()
 		cmd.Env = append(cmd.Env, serverEnv+"="+srv.sock)

@@ -134,7 +134,13 @@ func (s *guestServer) session() (*vmtest.Session, error) {
 	}
 	if s.sess != nil {
 		old := s.sess
-		go old.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := old.Close(); err != nil {
+				s.note(err)
+			}
+		}()
 	}
 	s.boots++
 	o := s.opts
@@ -155,7 +161,9 @@ func (s *guestServer) drop(sess *vmtest.Session) {
 		s.sess = nil
 	}
 	s.mu.Unlock()
-	sess.Close()
+	if err := sess.Close(); err != nil {
+		s.note(err)
+	}
 }
 
 // covers reports whether the sessions share the tree dir is in.
@@ -229,7 +237,9 @@ func (s *guestServer) close() error {
 	errs := s.errs
 	s.mu.Unlock()
 	if sess != nil {
-		sess.Close()
+		if err := sess.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	os.RemoveAll(filepath.Dir(s.sock))
 	return errors.Join(errs...)

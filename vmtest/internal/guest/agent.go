@@ -378,7 +378,9 @@ func (a *agent) runCommand(c proto.Command, env []string) {
 	}
 	reapOrphans()
 	if a.serving {
+		timeline("exited " + c.ID)
 		killStrays()
+		timeline("strays killed")
 	}
 	ex := proto.Exit{Code: -1, Duration: time.Since(start)}
 	if cmd.ProcessState != nil {

@@ -141,8 +141,8 @@ type SpoolFile struct {
 	Mode   uint32 `json:"mode"`
 	Offset int64  `json:"offset"`
 	Size   int64  `json:"size"`
-	// SHA256 is of its bytes, in hex: what the agent read is checked.
-	SHA256 string `json:"sha256"`
+	// CRC32C (Castagnoli) is of its bytes: what the agent read is checked.
+	CRC32C uint32 `json:"crc32c"`
 }
 
 // Output is a file, or a directory of files, a command writes for the host.
@@ -232,7 +232,7 @@ func (j *Job) MarshalBinary() ([]byte, error) {
 			e.put("cmd_env", v)
 		}
 		for _, f := range c.Files {
-			e.put("spool_file", f.Path, strconv.FormatUint(uint64(f.Mode), 8), strconv.FormatInt(f.Offset, 10), strconv.FormatInt(f.Size, 10), f.SHA256)
+			e.put("spool_file", f.Path, strconv.FormatUint(uint64(f.Mode), 8), strconv.FormatInt(f.Offset, 10), strconv.FormatInt(f.Size, 10), strconv.FormatUint(uint64(f.CRC32C), 16))
 		}
 	}
 	return e.bytes()
@@ -280,8 +280,9 @@ func (j *Job) UnmarshalBinary(b []byte) error {
 			mode, merr := strconv.ParseUint(d.next(), 8, 32)
 			off, oerr := strconv.ParseInt(d.next(), 10, 64)
 			size, serr := strconv.ParseInt(d.next(), 10, 64)
-			f.Mode, f.Offset, f.Size, f.SHA256 = uint32(mode), off, size, d.next()
-			if len(j.Commands) == 0 || errors.Join(merr, oerr, serr) != nil || off < 0 || size < 0 || off%SpoolAlign != 0 {
+			sum, cerr := strconv.ParseUint(d.next(), 16, 32)
+			f.Mode, f.Offset, f.Size, f.CRC32C = uint32(mode), off, size, uint32(sum)
+			if len(j.Commands) == 0 || errors.Join(merr, oerr, serr, cerr) != nil || off < 0 || size < 0 || off%SpoolAlign != 0 {
 				return fmt.Errorf("job: bad spool file %q", f.Path)
 			}
 			c := &j.Commands[len(j.Commands)-1]

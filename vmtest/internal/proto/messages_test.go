@@ -36,8 +36,8 @@ func TestJobRoundTrip(t *testing.T) {
 		{Commands: []Command{{
 			ID: "p01", Path: "/vmtest/bin/p01", Dir: "/src/p01", Env: []string{"GOCOVERDIR=/tmp/c", "X="},
 			Files: []SpoolFile{
-				{Path: "/vmtest/bin/p01", Mode: 0o755, Offset: 4096, Size: 1234, SHA256: "ab12"},
-				{Path: "/lib/x86_64-linux-gnu/libc.so.6", Mode: 0o644, Offset: 8192, Size: 0, SHA256: "cd"},
+				{Path: "/vmtest/bin/p01", Mode: 0o755, Offset: 4096, Size: 1234, CRC32C: 0xab12},
+				{Path: "/lib/x86_64-linux-gnu/libc.so.6", Mode: 0o644, Offset: 8192, Size: 0, CRC32C: 0xffffffff},
 			},
 		}}},
 	}
@@ -67,6 +67,7 @@ func TestJobDamaged(t *testing.T) {
 		"spool unaligned":  []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x00755\x004097\x001\x00ab\x00"),
 		"spool negative":   []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x00755\x004096\x00-1\x00ab\x00"),
 		"spool bad mode":   []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x009\x004096\x001\x00ab\x00"),
+		"spool bad crc":    []byte(jobMagic + "\x00cmd\x00a\x00/a\x00\x000\x00spool_file\x00/a\x00755\x004096\x001\x00xyz\x00"),
 		"cmd env first":    []byte(jobMagic + "\x00cmd_env\x00A=1\x00"),
 	}
 	for name, b := range tests {
