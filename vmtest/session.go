@@ -293,8 +293,13 @@ func (s *Session) Run(ctx context.Context, c SessionCommand) (*Result, error) {
 		s.mu.Lock()
 		s.cur = nil
 		s.mu.Unlock()
-		if failure == nil {
-			failure = s.res.Failure
+		if failure == nil && s.res.Failure != nil {
+			f := *s.res.Failure
+			if f.Kind == FailNoReport {
+				// The boot's account is of its own commands (none).
+				f.Message = "guest stopped without reporting while running " + c.ID
+			}
+			failure = &f
 			s.mu.Lock()
 			s.blamed = true
 			s.mu.Unlock()
