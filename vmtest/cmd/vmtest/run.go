@@ -42,13 +42,13 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	f.register(fs)
 	fs.BoolVar(&f.json, "json", false, "print go test -json events on stdout instead of the human-readable report")
 	fs.StringVar(&f.suites, "suites", "", "comma-separated test packages to run, by last path element (e.g. skbstore), out of the given patterns")
-	fs.StringVar(&f.boot, "boot", bootPerPackage, "per-package: a guest per test binary (package) and kernel; per-kernel: one guest per kernel runs every package's test binary, one after another (each with its own directory, environment, outputs and results; the kernel's state carries over as on a host), a package that crashes or hangs the guest fails alone and the rest go on in a fresh guest")
+	fs.StringVar(&f.boot, "boot", bootPerKernel, "per-kernel: one guest per kernel runs every package's test binary, one after another (each with its own directory, environment, outputs and results; the kernel's state carries over as on a host), a package that crashes or hangs the guest fails alone and the rest go on in a fresh guest; per-package: a guest of its own for each test binary (package) and kernel")
 	fs.BoolVar(&f.allowSkip, "allow-skip", false, "let a package whose every test skipped pass (by default it fails: nothing was checked)")
 	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest run [flags] [-- go test [packages] [go test flags]]\n\n"+
-			"Runs go test with each test binary executed in a guest (one boot per package and kernel, or\n"+
-			"with -boot per-kernel one guest per kernel that runs the packages one after another),\n"+
+			"Runs go test with each test binary executed in a guest (one guest per kernel that runs the\n"+
+			"packages one after another, or with -boot per-package one boot per package and kernel),\n"+
 			"then prints per-test results and \"N passed, N failed, N skipped\". -kernel takes a\n"+
 			"comma-separated list or \"all\"; kernels run in parallel, at most -vms guests at a time.\n"+
 			"Exit status is 0 only when all tests passed and no guest failed or reported a kernel splat.\n"+
