@@ -33,7 +33,9 @@ func execCmd(ctx context.Context, args []string) (int, error) {
 			"first on PATH, all of the kernel's modules loaded on demand by the kernel (modprobe),\n"+
 			"and the kernel's config as /boot/config-$(uname -r).\n"+
 			"A dynamically linked binary (cgo, -race) gets its ELF interpreter and libraries from the host.\n"+
-			"Made for go test: go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n\nFlags:\n")
+			"Made for go test: go test -exec \"vmtest exec -kernel 6.1\" ./pkg\n"+
+			"Under vmtest run (-boot per-kernel) it hands the binary to the kernel's running guest instead of\n"+
+			"booting one.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
