@@ -412,19 +412,19 @@ func selfPath() string {
 	return p
 }
 
-// bootGuest boots the one guest of vmtest exec or shell: with GOROOT's disk
-// and its bin/ first on PATH under -goroot, in a free guest slot, after
-// telling how to attach gdb under -gdb.
-func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options) (*vmtest.Result, error) {
+// guestOptions adds to opts what every guest of the kernel gets besides
+// the command's own files: the host's Go installation where it can run, and
+// the paths of an OCI kernel's selftests.
+func guestOptions(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options) (vmtest.Options, error) {
 	dir, err := cacheDir()
 	if err != nil {
-		return nil, err
+		return opts, err
 	}
 	// The host's Go installation runs only in guests of its architecture.
 	if f.goroot && p.kernel.Arch == runtime.GOARCH {
 		t, err := gorootTree(ctx, dir)
 		if err != nil {
-			return nil, err
+			return opts, err
 		}
 		if t != nil {
 			opts.Trees = append(opts.Trees, *t)
@@ -435,12 +435,37 @@ func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options
 		// Where cilium/ebpf's tests look for them (CI_KERNEL_SELFTESTS).
 		opts.Env = append(opts.Env, "VMTEST_KERNEL_SELFTESTS="+sel, "CI_KERNEL_SELFTESTS="+sel)
 	}
+	return opts, nil
+}
+
+// guestSlot waits for one of the -vms guest slots, shared by every vmtest
+// process of the user.
+func guestSlot(ctx context.Context, f *vmFlags) (*slots.Slot, error) {
+	dir, err := cacheDir()
+	if err != nil {
+		return nil, err
+	}
 	if f.vms == 0 {
 		f.vms = defaultVMs(f.memory)
 	}
 	slot, err := slots.Acquire(ctx, filepath.Join(dir, "vm-slots"), f.vms)
 	if err != nil {
 		return nil, fmt.Errorf("wait for a free guest slot: %w", err)
+	}
+	return slot, nil
+}
+
+// bootGuest boots the one guest of vmtest exec or shell: with GOROOT's disk
+// and its bin/ first on PATH under -goroot, in a free guest slot, after
+// telling how to attach gdb under -gdb.
+func bootGuest(ctx context.Context, f *vmFlags, p *prepared, opts vmtest.Options) (*vmtest.Result, error) {
+	opts, err := guestOptions(ctx, f, p, opts)
+	if err != nil {
+		return nil, err
+	}
+	slot, err := guestSlot(ctx, f)
+	if err != nil {
+		return nil, err
 	}
 	defer slot.Release()
 	if f.gdb != "" {

@@ -424,13 +424,16 @@ func (m *matrix) guestServer(ctx context.Context, kf *vmFlags, p *prepared, base
 	if err != nil {
 		return nil, err
 	}
-	opts := kf.options(p, base)
+	opts, err := guestOptions(ctx, kf, p, kf.options(p, base))
+	if err != nil {
+		return nil, err
+	}
 	opts.Files, opts.Shares = files, shares
 	var roots []string
 	for _, sh := range shares {
 		roots = append(roots, sh.Path)
 	}
-	return startGuestServer(ctx, name, opts, roots, kdir)
+	return startGuestServer(ctx, name, kf, opts, roots, kdir)
 }
 
 // shellOnFailPlan makes a run fit for -shell-on-fail: one guest at a time

@@ -31,15 +31,18 @@ const (
 const serverEnv = "VMTEST_SERVER"
 
 // guestServer runs, for vmtest run -boot per-kernel, the test binaries that
-// go test hands to vmtest exec in one guest per kernel (a vmtest.Session),
-// one after another. go test still builds, runs and reports each package as
-// it always does; each vmtest exec sends its binary, arguments, directory
-// and environment here instead of booting, and prints what comes back. A
-// guest that dies or hangs fails the package that was running; the next one
-// gets a fresh guest.
+// go test hands to vmtest exec in guests of the kernel that each run them
+// one after another (vmtest.Session). go test still builds, runs and reports
+// each package as it always does; each vmtest exec sends its binary,
+// arguments, directory and environment here instead of booting, and prints
+// what comes back. Up to -vms guests serve at once, each in one of the
+// guest slots every vmtest process shares, so that go test's parallel
+// packages keep running in parallel. A guest that dies or hangs fails the
+// package that was running; the next one gets a fresh guest.
 type guestServer struct {
 	ctx    context.Context
 	kernel string
+	f      *vmFlags
 	opts   vmtest.Options // of every session, but OutDir
 	roots  []string       // the trees the sessions share: a package must be below one
 	dir    string         // the kernel's results: sessions' boots in .boot-N
@@ -48,9 +51,17 @@ type guestServer struct {
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
-	sess  *vmtest.Session
+	pool  []*served     // live sessions
+	idle  chan struct{} // closed and renewed when a session becomes idle
 	boots int
 	errs  []error
+}
+
+// served is a session of the pool and its guest slot.
+type served struct {
+	sess *vmtest.Session
+	slot interface{ Release() }
+	busy bool
 }
 
 // execRequest is what vmtest exec sends the server.
@@ -83,21 +94,25 @@ const (
 
 // startGuestServer listens on a socket of its own and boots the first guest
 // at once, while go test compiles.
-func startGuestServer(ctx context.Context, kernel string, opts vmtest.Options, roots []string, dir string) (*guestServer, error) {
+func startGuestServer(ctx context.Context, kernel string, f *vmFlags, opts vmtest.Options, roots []string, dir string) (*guestServer, error) {
 	sockDir, err := os.MkdirTemp("", "vmtest-server-")
 	if err != nil {
 		return nil, err
 	}
-	s := &guestServer{ctx: ctx, kernel: kernel, opts: opts, roots: roots, dir: dir, sock: filepath.Join(sockDir, "s")}
+	s := &guestServer{ctx: ctx, kernel: kernel, f: f, opts: opts, roots: roots, dir: dir, sock: filepath.Join(sockDir, "s"),
+		idle: make(chan struct{})}
 	if s.ln, err = net.Listen("unix", s.sock); err != nil {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("guest server: %w", err)
 	}
+	// The first guest boots while go test compiles.
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if _, err := s.session(); err != nil {
+		if sv, err := s.start(); err != nil {
 			s.note(err)
+		} else {
+			s.release(sv)
 		}
 	}()
 	go s.accept()
@@ -125,45 +140,132 @@ func (s *guestServer) accept() {
 	}
 }
 
-// session returns the live session, booting one if there is none.
-func (s *guestServer) session() (*vmtest.Session, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sess != nil && s.sess.Alive() {
-		return s.sess, nil
-	}
-	if s.sess != nil {
-		old := s.sess
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := old.Close(); err != nil {
-				s.note(err)
+// take returns an idle live session of the pool, marked busy: one that is
+// idle, else a new one if the pool has room and a guest slot is free, else
+// the first that becomes idle.
+func (s *guestServer) take(ctx context.Context) (*served, error) {
+	for {
+		s.mu.Lock()
+		var dead []*served
+		for _, sv := range s.pool {
+			if !sv.busy && !sv.sess.Alive() {
+				dead = append(dead, sv)
 			}
+		}
+		for _, sv := range dead {
+			s.remove(sv)
+		}
+		for _, sv := range s.pool {
+			if !sv.busy {
+				sv.busy = true
+				s.mu.Unlock()
+				return sv, nil
+			}
+		}
+		room := len(s.pool) < max(s.f.vms, 1)
+		idle := s.idle
+		s.mu.Unlock()
+		if !room {
+			select {
+			case <-idle:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		// A new guest, unless a session becomes idle first.
+		slotCtx, cancel := context.WithCancel(ctx)
+		got := make(chan *served, 1)
+		errc := make(chan error, 1)
+		go func() {
+			sv, err := s.startIn(slotCtx)
+			if err != nil {
+				errc <- err
+				return
+			}
+			got <- sv
 		}()
+		select {
+		case sv := <-got:
+			cancel()
+			return sv, nil
+		case err := <-errc:
+			cancel()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		case <-idle:
+			cancel()
+			// The new guest, if it came meanwhile, joins the pool idle.
+			select {
+			case sv := <-got:
+				s.release(sv)
+			case <-errc:
+			}
+			continue
+		case <-ctx.Done():
+			cancel()
+			return nil, ctx.Err()
+		}
 	}
+}
+
+// start boots a session in a free guest slot, busy.
+func (s *guestServer) start() (*served, error) { return s.startIn(s.ctx) }
+
+func (s *guestServer) startIn(ctx context.Context) (*served, error) {
+	slot, err := guestSlot(ctx, s.f)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
 	s.boots++
 	o := s.opts
 	o.OutDir = filepath.Join(s.dir, fmt.Sprintf(".boot-%d", s.boots))
+	s.mu.Unlock()
+	// The session lives as long as the server, not as the request that
+	// started it.
 	sess, err := vmtest.StartSession(s.ctx, o)
 	if err != nil {
-		s.sess = nil
+		slot.Release()
 		return nil, fmt.Errorf("boot %s: %w", s.kernel, err)
 	}
-	s.sess = sess
-	return sess, nil
+	sv := &served{sess: sess, slot: slot, busy: true}
+	s.mu.Lock()
+	s.pool = append(s.pool, sv)
+	s.mu.Unlock()
+	return sv, nil
 }
 
-// drop ends sess if it is still the current session.
-func (s *guestServer) drop(sess *vmtest.Session) {
+// release makes sv idle again, or ends it if its guest is gone.
+func (s *guestServer) release(sv *served) {
 	s.mu.Lock()
-	if s.sess == sess {
-		s.sess = nil
+	defer s.mu.Unlock()
+	sv.busy = false
+	if !sv.sess.Alive() {
+		s.remove(sv)
 	}
-	s.mu.Unlock()
-	if err := sess.Close(); err != nil {
-		s.note(err)
+	close(s.idle)
+	s.idle = make(chan struct{})
+}
+
+// remove takes sv out of the pool and ends it in the background. s.mu held.
+func (s *guestServer) remove(sv *served) {
+	for i, p := range s.pool {
+		if p == sv {
+			s.pool = append(s.pool[:i], s.pool[i+1:]...)
+			break
+		}
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := sv.sess.Close(); err != nil {
+			s.note(err)
+		}
+		sv.slot.Release()
+	}()
 }
 
 // covers reports whether the sessions share the tree dir is in.
@@ -199,26 +301,23 @@ func (s *guestServer) handle(c net.Conn) {
 		Env:     req.Env, Files: req.Libs, OutDir: req.OutDir, Output: w.output(),
 	}
 	var res *vmtest.Result
-	var sess *vmtest.Session
 	var err error
 	for try := 0; try < 2; try++ {
-		if sess, err = s.session(); err != nil {
+		var sv *served
+		if sv, err = s.take(ctx); err != nil {
 			break
 		}
-		res, err = sess.Run(ctx, cmd)
+		res, err = sv.sess.Run(ctx, cmd)
+		s.release(sv)
 		if !errors.Is(err, vmtest.ErrSessionOver) {
 			break
 		}
-		s.drop(sess)
 	}
 	var out bytes.Buffer
 	if err != nil {
 		fmt.Fprintf(&out, "vmtest: %v\n", err)
 		w.reply(execReply{Code: 1, Stderr: out.String()})
 		return
-	}
-	if !sess.Alive() {
-		s.drop(sess)
 	}
 	fmt.Fprintf(&out, "vmtest: kernel %s (%s), accelerator %s, one boot for the kernel's packages (boot %.1fs, this package %.1fs)\n",
 		s.kernel, res.Release, res.Accel, res.Boot.Seconds(), res.Duration.Seconds())
@@ -230,19 +329,17 @@ func (s *guestServer) handle(c net.Conn) {
 // session.
 func (s *guestServer) close() error {
 	s.ln.Close()
-	s.wg.Wait()
+	s.wg.Wait() // the requests, and the first boot
 	s.mu.Lock()
-	sess := s.sess
-	s.sess = nil
-	errs := s.errs
-	s.mu.Unlock()
-	if sess != nil {
-		if err := sess.Close(); err != nil {
-			errs = append(errs, err)
-		}
+	for len(s.pool) > 0 {
+		s.remove(s.pool[0])
 	}
+	s.mu.Unlock()
+	s.wg.Wait() // the sessions' ends
 	os.RemoveAll(filepath.Dir(s.sock))
-	return errors.Join(errs...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
 }
 
 // msgWriter writes the server's messages: a kind byte, a length, the bytes.
