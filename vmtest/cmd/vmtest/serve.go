@@ -40,7 +40,12 @@ const serverEnv = "VMTEST_SERVER"
 // packages keep running in parallel. A guest that dies or hangs fails the
 // package that was running; the next one gets a fresh guest.
 type guestServer struct {
-	ctx    context.Context
+	ctx    context.Context // of the sessions: the run's
+	stop   context.CancelFunc
+	// waits ends the waits for guest slots and requests when the server
+	// closes: a wait for a slot that its own idle guests hold would never
+	// end.
+	waits  context.Context
 	kernel string
 	f      *vmFlags
 	opts   vmtest.Options // of every session, but OutDir
@@ -101,6 +106,7 @@ func startGuestServer(ctx context.Context, kernel string, f *vmFlags, opts vmtes
 	}
 	s := &guestServer{ctx: ctx, kernel: kernel, f: f, opts: opts, roots: roots, dir: dir, sock: filepath.Join(sockDir, "s"),
 		idle: make(chan struct{})}
+	s.waits, s.stop = context.WithCancel(ctx)
 	if s.ln, err = net.Listen("unix", s.sock); err != nil {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("guest server: %w", err)
@@ -109,14 +115,23 @@ func startGuestServer(ctx context.Context, kernel string, f *vmFlags, opts vmtes
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if sv, err := s.start(); err != nil {
-			s.note(err)
-		} else {
+		sv, err := s.startIn(s.waits)
+		switch {
+		case err == nil:
 			s.release(sv)
+		case !errors.Is(err, errPoolFull) && s.waits.Err() == nil:
+			s.note(err)
 		}
 	}()
 	go s.accept()
 	return s, nil
+}
+
+// debugf tells what the server does, with $VMTEST_VERBOSE.
+func (s *guestServer) debugf(format string, args ...any) {
+	if os.Getenv("VMTEST_VERBOSE") != "" {
+		fmt.Fprintf(os.Stderr, "vmtest: [%s] guest server: %s\n", s.kernel, fmt.Sprintf(format, args...))
+	}
 }
 
 func (s *guestServer) note(err error) {
@@ -164,6 +179,7 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 		}
 		room := len(s.pool) < max(s.f.vms, 1)
 		idle := s.idle
+		s.debugf("no idle guest of %d; room for another: %v", len(s.pool), room)
 		s.mu.Unlock()
 		if !room {
 			select {
@@ -194,6 +210,9 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			if errors.Is(err, errPoolFull) {
+				continue // another request filled the pool: wait for one
+			}
 			return nil, err
 		case <-idle:
 			cancel()
@@ -206,20 +225,39 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 			continue
 		case <-ctx.Done():
 			cancel()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				select {
+				case sv := <-got:
+					s.release(sv)
+				case <-errc:
+				}
+			}()
 			return nil, ctx.Err()
 		}
 	}
 }
 
-// start boots a session in a free guest slot, busy.
-func (s *guestServer) start() (*served, error) { return s.startIn(s.ctx) }
+// errPoolFull: the guest slot came when the pool had no room any more.
+var errPoolFull = errors.New("the kernel's guests are all up")
 
+// startIn boots a session in a free guest slot, busy; ctx bounds the wait
+// for the slot.
 func (s *guestServer) startIn(ctx context.Context) (*served, error) {
+	s.debugf("waiting for a guest slot")
 	slot, err := guestSlot(ctx, s.f)
 	if err != nil {
+		s.debugf("no slot: %v", err)
 		return nil, err
 	}
+	s.debugf("got a guest slot")
 	s.mu.Lock()
+	if len(s.pool) >= max(s.f.vms, 1) {
+		s.mu.Unlock()
+		slot.Release()
+		return nil, errPoolFull
+	}
 	s.boots++
 	o := s.opts
 	o.OutDir = filepath.Join(s.dir, fmt.Sprintf(".boot-%d", s.boots))
@@ -290,7 +328,7 @@ func (s *guestServer) handle(c net.Conn) {
 	}
 	// The client goes away when go test gives up on it (its -timeout):
 	// the command is stopped, with the guest.
-	ctx, cancel := context.WithCancel(s.ctx)
+	ctx, cancel := context.WithCancel(s.waits)
 	defer cancel()
 	go func() {
 		_, _ = io.Copy(io.Discard, c)
@@ -329,6 +367,7 @@ func (s *guestServer) handle(c net.Conn) {
 // session.
 func (s *guestServer) close() error {
 	s.ln.Close()
+	s.stop()
 	s.wg.Wait() // the requests, and the first boot
 	s.mu.Lock()
 	for len(s.pool) > 0 {

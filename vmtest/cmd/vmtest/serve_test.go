@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -20,12 +21,7 @@ import (
 // comes home.
 func TestBootPerKernel(t *testing.T) {
 	bin := vmtestBin(t)
-	mod := t.TempDir()
-	write := func(p, content string) {
-		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
-		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
-	}
-	write("go.mod", "module example.com/perkernel\n\ngo 1.24\n")
+	mod, write := tempModule(t)
 	pkg := func(name string) {
 		write(name+"/testdata/name.txt", name)
 		write(name+"/"+name+".go", "package "+name+"\n\nfunc Name() string { return \""+name+"\" }\n")
@@ -113,5 +109,52 @@ func TestPanic(t *testing.T) {
 	require.NoError(t, err, "go test's merged coverage profile")
 	for _, p := range []string{"p1", "p2", "p4"} {
 		assert.Contains(t, string(cover), "example.com/perkernel/"+p+"/"+p+".go")
+	}
+}
+
+// tempModule makes an empty module example.com/perkernel and returns its
+// directory and a function that writes a file into it.
+func tempModule(t *testing.T) (string, func(path, content string)) {
+	mod := t.TempDir()
+	write := func(p, content string) {
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
+	}
+	write("go.mod", "module example.com/perkernel\n\ngo 1.24\n")
+	return mod, write
+}
+
+// TestBootPerKernelSharesSlots runs two kernels' packages with one guest
+// slot (-vms 1): each kernel's guest waits for the slot the other holds and
+// gets it when that kernel is done, so the run ends, with one guest per
+// kernel. (A server once waited for a slot its own idle guest held, and the
+// run never ended.)
+func TestBootPerKernelSharesSlots(t *testing.T) {
+	bin := vmtestBin(t)
+	mod, write := tempModule(t)
+	for _, p := range []string{"a", "b"} {
+		write(p+"/"+p+"_test.go", "package "+p+"\n\nimport \"testing\"\n\nfunc TestPass(t *testing.T) {}\n")
+	}
+	results := t.TempDir()
+	cmd := exec.Command(bin, "run", "-kernel", "6.1,6.12", "-vms", "1", "-results", results, "--", "go", "test", "./...")
+	cmd.Dir = mod
+	cmd.Env = append(os.Environ(), "VMTEST_SRC=")
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Minute):
+			cmd.Process.Kill()
+		}
+	}()
+	out, err := cmd.CombinedOutput()
+	close(done)
+	t.Logf("%s", out)
+	require.NoError(t, err)
+	assert.Contains(t, string(out), "4 passed, 0 failed, 0 skipped")
+	dir := runDirOf(t, results)
+	for _, k := range []string{"6.1", "6.12"} {
+		boots, _ := filepath.Glob(filepath.Join(dir, k, ".boot-*"))
+		assert.Len(t, boots, 1, "kernel %s: one guest for its two packages", k)
 	}
 }
