@@ -40,8 +40,8 @@ const serverEnv = "VMTEST_SERVER"
 // packages keep running in parallel. A guest that dies or hangs fails the
 // package that was running; the next one gets a fresh guest.
 type guestServer struct {
-	ctx    context.Context // of the sessions: the run's
-	stop   context.CancelFunc
+	ctx  context.Context // of the sessions: the run's
+	stop context.CancelFunc
 	// waits ends the waits for guest slots and requests when the server
 	// closes: a wait for a slot that its own idle guests hold would never
 	// end.
