@@ -322,12 +322,7 @@ func TestEverySkippedFails(t *testing.T) {
 // temporary directory; all as plain go test would let it.
 func TestForeignModuleUnderTmp(t *testing.T) {
 	bin := vmtestBin(t)
-	mod := t.TempDir()
-	write := func(p, content string) {
-		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
-		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
-	}
-	write("go.mod", "module example.com/foreign\n\ngo 1.24\n")
+	mod, write := tempModule(t, "example.com/foreign")
 	write("testdata/real.txt", "through the link\n")
 	require.NoError(t, os.Symlink("real.txt", filepath.Join(mod, "testdata", "link.txt")))
 	write("pkg/files/files_test.go", `package files

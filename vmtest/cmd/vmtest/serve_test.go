@@ -21,7 +21,7 @@ import (
 // comes home.
 func TestBootPerKernel(t *testing.T) {
 	bin := vmtestBin(t)
-	mod, write := tempModule(t)
+	mod, write := tempModule(t, "example.com/perkernel")
 	pkg := func(name string) {
 		write(name+"/testdata/name.txt", name)
 		write(name+"/"+name+".go", "package "+name+"\n\nfunc Name() string { return \""+name+"\" }\n")
@@ -112,15 +112,15 @@ func TestPanic(t *testing.T) {
 	}
 }
 
-// tempModule makes an empty module example.com/perkernel and returns its
-// directory and a function that writes a file into it.
-func tempModule(t *testing.T) (string, func(path, content string)) {
+// tempModule makes an empty module of path and returns its directory and a
+// function that writes a file into it.
+func tempModule(t *testing.T, path string) (string, func(path, content string)) {
 	mod := t.TempDir()
 	write := func(p, content string) {
 		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(mod, p)), 0o755))
 		require.NoError(t, os.WriteFile(filepath.Join(mod, p), []byte(content), 0o644))
 	}
-	write("go.mod", "module example.com/perkernel\n\ngo 1.24\n")
+	write("go.mod", "module "+path+"\n\ngo 1.24\n")
 	return mod, write
 }
 
@@ -131,7 +131,7 @@ func tempModule(t *testing.T) (string, func(path, content string)) {
 // run never ended.)
 func TestBootPerKernelSharesSlots(t *testing.T) {
 	bin := vmtestBin(t)
-	mod, write := tempModule(t)
+	mod, write := tempModule(t, "example.com/perkernel")
 	for _, p := range []string{"a", "b"} {
 		write(p+"/"+p+"_test.go", "package "+p+"\n\nimport \"testing\"\n\nfunc TestPass(t *testing.T) {}\n")
 	}
