@@ -158,3 +158,15 @@ func TrampolineTargets() ([]string, error) {
 	}
 	return out, nil
 }
+
+// TrampolineTargets returns the kernel functions the store's fentry and
+// fexit programs attach to.
+func (s *Store) TrampolineTargets() []string {
+	var out []string
+	for _, h := range hooks {
+		if _, ok := s.progs[h.prog]; ok && h.kind != kindTracepoint {
+			out = append(out, s.targetOf[h.prog])
+		}
+	}
+	return out
+}

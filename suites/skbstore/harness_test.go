@@ -307,15 +307,17 @@ func waitDetached() {
 // TestLifecycle and TestMapFull take it; TestCost, whose figures must be of
 // a store alone, releases it first.
 var held struct {
-	mu sync.Mutex
-	h  *bpf.TrampolineHold
+	mu  sync.Mutex
+	h   *bpf.TrampolineHold
+	all bool // h holds every function a store may use
 }
 
-// holdTrampolines takes the hold if it is not in place yet.
+// holdTrampolines holds every function a store may use, if that is not in
+// place yet; a partial hold (TestCost's) is let go once the full one is in.
 func holdTrampolines(t *testing.T) {
 	held.mu.Lock()
 	defer held.mu.Unlock()
-	if held.h != nil || bpf.Trampolines() != nil {
+	if held.all || bpf.Trampolines() != nil {
 		return
 	}
 	targets, err := bpf.TrampolineTargets()
@@ -323,23 +325,50 @@ func holdTrampolines(t *testing.T) {
 		t.Logf("trampolines not held: %v", err)
 		return
 	}
-	held.h = bpf.HoldTrampolines(targets)
-	t.Logf("trampolines held on %v", held.h.Held())
-	for fn, err := range held.h.Failed {
+	h := bpf.HoldTrampolines(targets)
+	t.Logf("trampolines held on %v", h.Held())
+	for fn, err := range h.Failed {
 		t.Logf("trampoline on %s not held (stores detach from it as without a hold): %v", fn, err)
+	}
+	if held.h != nil {
+		held.h.Close()
+	}
+	held.h, held.all = h, true
+}
+
+// holdOnly holds exactly the functions of store (TestCost's): its stores
+// take turns on the same trampolines without destroying them, yet each is
+// measured alone. A store is attached with the last one's hold in place,
+// which is let go (unhold) before the measurement; its own hold is taken
+// after it, before the store is detached.
+func holdOnly(store *bpf.Store) {
+	held.mu.Lock()
+	defer held.mu.Unlock()
+	if bpf.Trampolines() != nil {
+		return
+	}
+	h := bpf.HoldTrampolines(store.TrampolineTargets())
+	if held.h != nil {
+		held.h.Close()
+	}
+	held.h, held.all = h, false
+}
+
+// unhold lets go of the hold, if any.
+func unhold() {
+	held.mu.Lock()
+	defer held.mu.Unlock()
+	if held.h != nil {
+		held.h.Close()
+		held.h, held.all = nil, false
 	}
 }
 
 // releaseTrampolines releases the hold, if any, once the stores handed to
 // closeInBackground are gone.
 func releaseTrampolines() {
-	held.mu.Lock()
-	defer held.mu.Unlock()
 	waitDetached()
-	if held.h != nil {
-		held.h.Close()
-		held.h = nil
-	}
+	unhold()
 }
 
 func TestMain(m *testing.M) {
