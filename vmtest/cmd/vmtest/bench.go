@@ -28,7 +28,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	f.register(fs)
 	n := fs.Int("n", 7, "boots per kernel and kind; the median is reported")
 	out := fs.String("out", "", "also write the table to this file (default <results>/bench-runner.md)")
-	packages := fs.Int("packages", 46, "also time a module of this many small packages (a boot each) on the first kernel, against the floor; 0 skips it")
+	packages := fs.Int("packages", 46, "also time a module of this many small one-test packages on the first kernel, with each -boot mode, against the floor; 0 skips it")
 	workloadArgs := fs.String("workload", "", "also time `go test ARGS` (packages and flags, e.g. './suites/skbstore ./suites/tagflow') on every kernel that booted, run from the current directory, against the floor")
 	workloadModules := fs.String("workload-modules", "", "kernel modules for the -workload run (-modules there; the boots measured against the floor load none)")
 	cold := fs.Bool("cold", true, "also measure the cold-cache costs (kernel fetch into an empty cache, needs the network; image build)")
