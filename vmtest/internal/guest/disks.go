@@ -92,32 +92,48 @@ func mountDisk(dev string, d proto.Disk) error {
 // wait for them to appear.
 func findDisks(disks []proto.Disk, wait time.Duration) (map[string]string, error) {
 	found := map[string]string{}
-	deadline := time.Now().Add(wait)
-	for {
-		ents, _ := os.ReadDir("/sys/block")
-		for _, e := range ents {
-			name := e.Name()
-			if !strings.HasPrefix(name, "nvme") {
-				continue
-			}
-			dev := "/dev/" + name
+	var missing []string
+	ok := pollNVMe(wait, func(devs []string) bool {
+		for _, dev := range devs {
 			if l, err := ext4Label(dev); err == nil && l != "" {
 				if _, dup := found[l]; !dup {
 					found[l] = dev
 				}
 			}
 		}
-		var missing []string
+		missing = missing[:0]
 		for _, d := range disks {
 			if _, ok := found[d.Label]; !ok {
 				missing = append(missing, d.Label)
 			}
 		}
-		if len(missing) == 0 {
-			return found, nil
+		return len(missing) == 0
+	})
+	if !ok {
+		return found, fmt.Errorf("disks %s did not appear within %s (the kernel found: %s)", strings.Join(missing, ", "), wait, blockDevices())
+	}
+	return found, nil
+}
+
+// pollNVMe calls done with the NVMe block devices (/dev/nvme...) until it
+// returns true or wait has passed, and says which: NVMe namespaces are found
+// asynchronously, some tens of milliseconds into user space under
+// emulation.
+func pollNVMe(wait time.Duration, done func(devs []string) bool) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		var devs []string
+		ents, _ := os.ReadDir("/sys/block")
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "nvme") {
+				devs = append(devs, "/dev/"+e.Name())
+			}
+		}
+		if done(devs) {
+			return true
 		}
 		if time.Now().After(deadline) {
-			return found, fmt.Errorf("disks %s did not appear within %s (the kernel found: %s)", strings.Join(missing, ", "), wait, blockDevices())
+			return false
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -26,6 +26,7 @@ import (
 // process it left is killed, so that the next command starts as it would in
 // a guest of its own, but for the kernel's state.
 func (a *agent) serve(port *os.File, job *proto.Job) error {
+	a.serving = true
 	r := proto.NewReader(port, job.Key)
 	var spool *os.File
 	defer func() {
@@ -73,7 +74,6 @@ func (a *agent) serve(port *os.File, job *proto.Job) error {
 			continue
 		}
 		timeline("placed " + c.ID)
-		a.serving = true
 		a.runCommand(c, append(job.Env, c.Env...))
 		removeFiles(c.Files)
 		timeline("ran " + c.ID)
@@ -99,33 +99,30 @@ func (a *agent) failCommand(c proto.Command, err error) {
 // opens it for direct reads: the host writes it while the guest runs, and
 // the guest's page cache (readahead of then empty blocks) must not answer.
 func openSpool(wait time.Duration) (*os.File, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		ents, _ := os.ReadDir("/sys/block")
-		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), "nvme") {
-				continue
-			}
-			f, err := os.OpenFile("/dev/"+e.Name(), os.O_RDONLY|unix.O_DIRECT, 0)
+	buf, err := alignedBuf(proto.SpoolAlign)
+	if err != nil {
+		return nil, fmt.Errorf("spool buffer: %w", err)
+	}
+	defer unix.Munmap(buf)
+	var spool *os.File
+	found := pollNVMe(wait, func(devs []string) bool {
+		for _, dev := range devs {
+			f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_DIRECT, 0)
 			if err != nil {
 				continue
 			}
-			buf, err := alignedBuf(proto.SpoolAlign)
-			if err == nil {
-				_, err = f.ReadAt(buf, 0)
-				if err == nil && bytes.HasPrefix(buf, []byte(proto.SpoolMagic)) {
-					unix.Munmap(buf)
-					return f, nil
-				}
-				unix.Munmap(buf)
+			if _, err := f.ReadAt(buf, 0); err == nil && bytes.HasPrefix(buf, []byte(proto.SpoolMagic)) {
+				spool = f
+				return true
 			}
 			f.Close()
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no spool disk within %s (the kernel found: %s)", wait, blockDevices())
-		}
-		time.Sleep(2 * time.Millisecond)
+		return false
+	})
+	if !found {
+		return nil, fmt.Errorf("no spool disk within %s (the kernel found: %s)", wait, blockDevices())
 	}
+	return spool, nil
 }
 
 // alignedBuf returns n bytes aligned for O_DIRECT (a page); free it with
