@@ -45,7 +45,6 @@ type Session struct {
 	w       *proto.Writer
 	cur     *resultReader // the running command's
 	curDone chan struct{}
-	tainted bool // results came with protocol errors: no command follows
 	ran     int
 	once    sync.Once
 	splats  *splatScanner // the console's and, between commands, dmesg's
@@ -157,9 +156,6 @@ func (s *Session) attach(rr *resultReader, conn net.Conn, splats *splatScanner) 
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if cr == s.cur {
-			if len(cr.res.ProtocolErrors) > 0 || cr.forged > 0 || cr.skipped > 0 {
-				s.tainted = true
-			}
 			s.cur = nil
 			close(s.curDone)
 		}
@@ -173,14 +169,10 @@ func (s *Session) Alive() bool {
 		return false
 	default:
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return !s.tainted && !s.spool.full()
+	// A command whose results came with protocol errors ended the
+	// session (Run): nothing from that guest is trusted any more.
+	return !s.spool.full()
 }
-
-// Boot returns the boot's own result (console.log and dmesg.log of the
-// whole session are in its OutDir); final once Close returned.
-func (s *Session) Boot() *Result { return s.res }
 
 // Run runs c in the guest and returns its result, as Run does for a boot of
 // its own: a guest that dies or hangs (Options.Timeout from the command's

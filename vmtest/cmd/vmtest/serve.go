@@ -17,6 +17,7 @@ import (
 
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
 // Boot modes of vmtest run.
@@ -65,7 +66,7 @@ type guestServer struct {
 // served is a session of the pool and its guest slot.
 type served struct {
 	sess *vmtest.Session
-	slot interface{ Release() }
+	slot *slots.Slot
 	busy bool
 }
 
