@@ -425,6 +425,16 @@ func (s *suiteLog) runCase(t *testing.T, caseName string, opts bpf.Options, sh *
 		}
 	}()
 
+	if sh != nil {
+		defer func() {
+			if r.loadErr != nil && sh.err == nil {
+				sh.err = r.loadErr // the configuration's later cases fail alike
+			}
+			if t.Failed() {
+				sh.close()
+			}
+		}()
+	}
 	var store *bpf.Store
 	switch {
 	case sh == nil:
@@ -444,22 +454,8 @@ func (s *suiteLog) runCase(t *testing.T, caseName string, opts bpf.Options, sh *
 		res.Programs = store.Programs()
 		res.phase("reset", &r.mark)
 	default:
-		func() {
-			defer func() {
-				if sh.store == nil && sh.err == nil {
-					sh.err = r.loadErr
-				}
-			}()
-			sh.store = r.load(opts)
-		}()
+		sh.store = r.load(opts)
 		store = sh.store
-	}
-	if sh != nil {
-		defer func() {
-			if t.Failed() {
-				sh.close()
-			}
-		}()
 	}
 	r.store = store
 
