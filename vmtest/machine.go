@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -42,6 +43,9 @@ type machine struct {
 	// exitPort is the I/O port of an isa-debug-exit device (x86 only):
 	// the agent ends a boot there instead of powering off (proto.Job.ExitPort).
 	exitPort int64
+	// firmware is the file name, in QEMU's data directory, of the firmware
+	// Options.Firmware "auto" picks when QEMU has it; "" keeps QEMU's.
+	firmware string
 }
 
 // exitArgs are the QEMU arguments of the machine's exit device.
@@ -55,13 +59,21 @@ func (m machine) exitArgs() []string {
 var machines = map[string]machine{
 	"amd64": {
 		arch: "amd64", qemu: "qemu-system-x86_64", qemuPackage: "qemu-system-x86",
-		board:   []string{"-M", "q35"},
-		tcgCPU:  "max",
+		board: []string{"-M", "q35"},
+		// Without ERMS and FSRM the kernel and Go copy and clear memory
+		// with REP MOVSQ/STOSQ instead of byte-wise REP MOVSB/STOSB, which
+		// TCG runs one element per step: measured, 5.10 reaches /init
+		// 13% sooner (1.47 s -> 1.28 s of its clock, median of 5).
+		tcgCPU:  "max,-erms,-fsrm",
 		console: "ttyS0", earlycon: "",
 		resultPort: "/dev/ttyS1",
 		resultArgs: []string{"-serial", "chardev:res"},
 		kernelKind: "a bzImage for x86-64",
 		exitPort:   0xf4,
+		// qboot (QEMU's minimal firmware for direct kernel boot) starts
+		// the kernel without probing the NVMe drives as SeaBIOS does:
+		// measured under TCG, 0.1 s a boot, 0.2 s with two drives.
+		firmware: "qboot.rom",
 	},
 	"arm64": {
 		arch: "arm64", qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",
@@ -137,6 +149,43 @@ func (o *Options) checkBinaries() error {
 		}
 	}
 	return nil
+}
+
+// Firmware choices (Options.Firmware).
+const (
+	FirmwareAuto = "auto" // the machine's fast firmware if QEMU has it, else QEMU's default
+	FirmwareQEMU = "qemu" // QEMU's default firmware (SeaBIOS on x86)
+)
+
+// firmwarePath resolves choice (Options.Firmware) for the machine and QEMU
+// binary: "" means QEMU's default. "auto" looks in QEMU's data directory
+// next to the binary (<prefix>/share/qemu), as QEMU itself does.
+func (m machine) firmwarePath(choice, qemu string) (string, error) {
+	switch choice {
+	case "", FirmwareAuto:
+		if m.firmware == "" {
+			return "", nil
+		}
+		bin, err := filepath.EvalSymlinks(qemu)
+		if err != nil {
+			return "", nil
+		}
+		p := filepath.Join(filepath.Dir(bin), "..", "share", "qemu", m.firmware)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return filepath.Clean(p), nil
+		}
+		return "", nil
+	case FirmwareQEMU:
+		return "", nil
+	}
+	st, err := os.Stat(choice)
+	if err != nil {
+		return "", fmt.Errorf("vmtest: firmware: %w (give %s, %s or a firmware file)", err, FirmwareAuto, FirmwareQEMU)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("vmtest: firmware %s is not a file", choice)
+	}
+	return filepath.Abs(choice)
 }
 
 // boardArgs is the -M argument under the accelerator.

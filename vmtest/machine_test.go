@@ -21,7 +21,7 @@ func TestMachineArgs(t *testing.T) {
 		console string
 		port    string
 	}{
-		{"amd64", []string{"-M q35", "-cpu max", "-serial chardev:res", "-device isa-debug-exit,iobase=0xf4,iosize=0x01"}, "console=ttyS0,115200", "/dev/ttyS1"},
+		{"amd64", []string{"-M q35", "-cpu max,-erms,-fsrm", "-serial chardev:res", "-device isa-debug-exit,iobase=0xf4,iosize=0x01"}, "console=ttyS0,115200", "/dev/ttyS1"},
 		{"arm64", []string{"-M virt", "-cpu neoverse-n1", "-device pci-serial,chardev=res"}, "console=ttyAMA0,115200", "/dev/ttyS0"},
 	} {
 		t.Run(tc.arch, func(t *testing.T) {
@@ -50,6 +50,57 @@ func TestMachineArgs(t *testing.T) {
 	assert.Contains(t, kvm, "-accel kvm -cpu host")
 	_, err = machineFor("riscv64")
 	assert.ErrorContains(t, err, `no guests of architecture "riscv64" (have amd64, arm64)`)
+}
+
+// TestFirmwarePath checks how -firmware resolves: qboot from QEMU's data
+// directory next to the binary (through a symbolic link, as Debian's
+// alternatives have it), QEMU's own when absent or asked for, a file given
+// by path, and errors that say what to give.
+func TestFirmwarePath(t *testing.T) {
+	prefix := t.TempDir()
+	bin := filepath.Join(prefix, "bin", "qemu-system-x86_64")
+	require.NoError(t, os.MkdirAll(filepath.Dir(bin), 0o755))
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755))
+	link := filepath.Join(t.TempDir(), "qemu")
+	require.NoError(t, os.Symlink(bin, link))
+	bare := filepath.Join(t.TempDir(), "qemu-system-x86_64") // no data directory
+	require.NoError(t, os.WriteFile(bare, []byte("#!/bin/sh\n"), 0o755))
+	qboot := filepath.Join(prefix, "share", "qemu", "qboot.rom")
+	require.NoError(t, os.MkdirAll(filepath.Dir(qboot), 0o755))
+	require.NoError(t, os.WriteFile(qboot, []byte("rom"), 0o644))
+	x86, err := machineFor("amd64")
+	require.NoError(t, err)
+	arm, err := machineFor("arm64")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name, choice, qemu string
+		m                  machine
+		want, err          string
+	}{
+		{"auto finds qboot", FirmwareAuto, bin, x86, qboot, ""},
+		{"default is auto", "", link, x86, qboot, ""},
+		{"auto without qboot", FirmwareAuto, bare, x86, "", ""},
+		{"qemu's own", FirmwareQEMU, bin, x86, "", ""},
+		{"arm64 keeps its own", FirmwareAuto, bin, arm, "", ""},
+		{"a file", qboot, bare, x86, qboot, ""},
+		{"missing file", filepath.Join(prefix, "nope.rom"), bin, x86, "", "give auto, qemu or a firmware file"},
+		{"a directory", prefix, bin, x86, "", "is not a file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.m.firmwarePath(tc.choice, tc.qemu)
+			if tc.err != "" {
+				assert.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+	// The floor boots the same firmware as the runner.
+	opts := Options{Kernel: "k", mach: x86, bios: qboot}
+	line := strings.Join(qemuArgs(opts, AccelChoice{Name: AccelTCG}, "initrd", nil, 3), " ")
+	assert.Contains(t, line, "-bios "+qboot)
+	assert.Contains(t, strings.Join(qemuArgs(opts, AccelChoice{Name: AccelTCG}, "initrd", nil, -1), " "), "-bios "+qboot)
 }
 
 // TestBinaryArch builds a program for both architectures and checks that a

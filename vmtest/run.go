@@ -101,9 +101,14 @@ type Options struct {
 	// from $PATH.
 	QEMU string
 	// CPUModel is QEMU's -cpu under software emulation; "" means the
-	// architecture's default (max on x86-64, neoverse-n1 on arm64: the
-	// fastest that runs the suites, README). KVM always uses the host's.
+	// architecture's default (max without ERMS and FSRM on x86-64,
+	// neoverse-n1 on arm64: the fastest that runs the suites, README).
+	// KVM always uses the host's.
 	CPUModel string
+	// Firmware is the guest's firmware: "" or FirmwareAuto (qboot on x86
+	// when QEMU's data directory has it, else QEMU's default),
+	// FirmwareQEMU, or the path of a firmware file (QEMU's -bios).
+	Firmware string
 	// MemoryMB and CPUs size the guest; 0 means 512 MiB and 1 CPU.
 	MemoryMB int
 	CPUs     int
@@ -143,6 +148,7 @@ type Options struct {
 	Started func()
 
 	mach  machine  // of the kernel's architecture; set by Run and Floor
+	bios  string   // the firmware file, "" for QEMU's default; set with mach
 	serve *Session // the session this boot serves (StartSession)
 }
 
@@ -353,7 +359,11 @@ func (opts *Options) prepare() (qemu string, err error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Minute
 	}
-	return findQEMU(opts.QEMU, opts.mach)
+	if qemu, err = findQEMU(opts.QEMU, opts.mach); err != nil {
+		return "", err
+	}
+	opts.bios, err = opts.mach.firmwarePath(opts.Firmware, qemu)
+	return qemu, err
 }
 
 // findQEMU finds the qemu-system binary for the machine. $VMTEST_QEMU
@@ -523,6 +533,9 @@ func qemuArgs(opts Options, accel AccelChoice, initrd string, drives []drive, re
 		m.tcgCPU = opts.CPUModel
 	}
 	args = append(args, accel.qemuArgs(m)...)
+	if opts.bios != "" {
+		args = append(args, "-bios", opts.bios)
+	}
 	args = append(args,
 		"-kernel", opts.Kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
@@ -729,6 +742,9 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	}
 	qemu, err := findQEMU(opts.QEMU, opts.mach)
 	if err != nil {
+		return nil, err
+	}
+	if opts.bios, err = opts.mach.firmwarePath(opts.Firmware, qemu); err != nil {
 		return nil, err
 	}
 	res := &FloorResult{}

@@ -81,6 +81,7 @@ type vmFlags struct {
 	kernel      string
 	arch        string
 	cpuModel    string
+	firmware    string
 	accel       string
 	memory      int
 	cpus        int
@@ -112,7 +113,8 @@ type vmFlags struct {
 func (f *vmFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kernel, "kernel", kernels.DefaultVersion, "kernel to boot: a version ("+strings.Join(kernels.Available(), ", ")+" from Debian; others, tags like stable or mainline, and NAME@sha256:... from the OCI repository), \"all\" (the matrix: "+strings.Join(kernels.MatrixNames(""), ", ")+"), NAME/ARCH for another architecture (6.12/arm64), or a path to a kernel image (bzImage, arm64 Image); run takes a comma-separated list")
 	fs.StringVar(&f.arch, "arch", kernels.DefaultArch, "guest architecture ("+strings.Join(kernels.Arches(), ", ")+") of the kernels named without one: 6.12/arm64 names it; test binaries are built for it (go test with GOARCH), other architectures than the host's run under emulation")
-	fs.StringVar(&f.cpuModel, "cpu-model", "", "QEMU CPU model under software emulation (default max for x86-64, neoverse-n1 for arm64); KVM uses the host's")
+	fs.StringVar(&f.cpuModel, "cpu-model", "", "QEMU CPU model under software emulation (default max,-erms,-fsrm for x86-64: byte-wise string copies are slow under emulation; neoverse-n1 for arm64); KVM uses the host's")
+	fs.StringVar(&f.firmware, "firmware", vmtest.FirmwareAuto, "guest firmware (x86-64): auto (QEMU's qboot if its data directory has it: it boots the kernel without probing the drives, about 0.1 s faster; else QEMU's default), qemu (QEMU's default, SeaBIOS), or a firmware file for QEMU's -bios")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (probe KVM, else tcg), kvm or tcg; default from $VMTEST_ACCEL")
 	fs.IntVar(&f.memory, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&f.cpus, "cpus", 2, "guest CPUs (2 by default: tests see GOMAXPROCS 2 and real SMP, as on a host; under TCG they share one host thread and boot as fast as 1)")
@@ -195,6 +197,7 @@ func (f *vmFlags) options(p *prepared, base string) vmtest.Options {
 		AccelCache: p.accelCache,
 		QEMU:       f.qemu,
 		CPUModel:   f.cpuModel,
+		Firmware:   f.firmware,
 		MemoryMB:   f.memory,
 		CPUs:       f.cpus,
 		Timeout:    f.timeout,
@@ -271,6 +274,9 @@ func (f *vmFlags) args() []string {
 	}
 	if f.cpuModel != "" {
 		a = append(a, "-cpu-model", f.cpuModel)
+	}
+	if f.firmware != vmtest.FirmwareAuto {
+		a = append(a, "-firmware", f.firmware)
 	}
 	if f.kaslr {
 		a = append(a, "-kaslr")

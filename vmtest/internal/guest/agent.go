@@ -88,6 +88,14 @@ func run(rootfs <-chan []error) (int64, error) {
 	defer f.Close()
 	a := &agent{w: proto.NewWriter(f, job.Key), limits: job.Limits, console: job.Console}
 	timeline("result port open")
+	// NVMe namespaces appear some tens of milliseconds into user space, and
+	// mounting waits for the disk: under emulation the guest's one host
+	// thread does the rest of the set-up meanwhile.
+	disks := make(chan struct{})
+	go func() {
+		defer close(disks)
+		a.mountDisks(job.Disks)
+	}()
 	a.hello()
 	kmsg, err := startKmsg(a.sendDmesg)
 	if err != nil {
@@ -101,13 +109,6 @@ func run(rootfs <-chan []error) (int64, error) {
 	timeline("file systems mounted, lo up")
 	a.setup()
 	timeline("set up")
-	// NVMe namespaces appear some tens of milliseconds into user space:
-	// wait for them while the modules load.
-	disks := make(chan struct{})
-	go func() {
-		defer close(disks)
-		a.mountDisks(job.Disks)
-	}()
 	a.loadModules(job.Modules)
 	timeline("modules loaded")
 	<-disks

@@ -164,3 +164,28 @@ func TestStaticNodes(t *testing.T) {
 	require.NoError(t, staticNodes(devname, dev), "existing nodes are left alone")
 	require.NoError(t, staticNodes(filepath.Join(dir, "none"), dev), "no modules.devname, nothing to do")
 }
+
+func TestParseDevnum(t *testing.T) {
+	for _, tc := range []struct {
+		in           string
+		kind         byte
+		major, minor uint32
+		ok           bool
+	}{
+		{"c10:200", 'c', 10, 200, true},
+		{"b7:0", 'b', 7, 0, true},
+		{"x1:2", 0, 0, 0, false},
+		{"c10", 0, 0, 0, false},
+		{"c10:", 0, 0, 0, false},
+		{"c:1", 0, 0, 0, false},
+		{"c-1:2", 0, 0, 0, false},
+		{"c1:2:3", 0, 0, 0, false},
+		{"c4294967296:1", 0, 0, 0, false},
+	} {
+		kind, major, minor, ok := parseDevnum(tc.in)
+		assert.Equal(t, tc.ok, ok, tc.in)
+		assert.Equal(t, tc.kind, kind, tc.in)
+		assert.Equal(t, tc.major, major, tc.in)
+		assert.Equal(t, tc.minor, minor, tc.in)
+	}
+}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,12 +34,36 @@ func (a *agent) mountDisks(disks []proto.Disk) {
 	if err != nil {
 		a.faultf("%v", err)
 	}
-	for _, d := range disks {
+	// The file systems mount at once (each waits for its disk), the binds
+	// after all of them and in order, as one of them may lie below another
+	// disk's mount point.
+	mountErrs := make([]error, len(disks))
+	var wg sync.WaitGroup
+	for i, d := range disks {
 		dev, ok := devs[d.Label]
 		if !ok {
+			mountErrs[i] = errNotFound
 			continue
 		}
-		if err := mountDisk(dev, d); err != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mountErrs[i] = mountDisk(dev, d)
+		}()
+		if nested(d.Dir, disks) {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	for i, d := range disks {
+		if errors.Is(mountErrs[i], errNotFound) {
+			continue
+		}
+		err := mountErrs[i]
+		if err == nil {
+			err = bind(d)
+		}
+		if err != nil {
 			a.faultf("disk %s: %v", d.Label, err)
 			continue
 		}
@@ -52,6 +78,21 @@ func (a *agent) mountDisks(disks []proto.Disk) {
 	}
 }
 
+// errNotFound marks a disk findDisks did not find (and reported).
+var errNotFound = errors.New("not found")
+
+// nested says whether another disk mounts at or below dir, or dir lies
+// below another disk's mount point: then the two mount in order.
+func nested(dir string, disks []proto.Disk) bool {
+	n := 0
+	for _, d := range disks {
+		if d.Dir == dir || strings.HasPrefix(d.Dir, dir+"/") || strings.HasPrefix(dir, d.Dir+"/") {
+			n++
+		}
+	}
+	return n > 1
+}
+
 func mountDisk(dev string, d proto.Disk) error {
 	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
 		return err
@@ -63,6 +104,11 @@ func mountDisk(dev string, d proto.Disk) error {
 	if err := unix.Mount(dev, d.Dir, "ext4", flags, ""); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", dev, d.Dir, err)
 	}
+	return nil
+}
+
+// bind binds the trees of d, mounted, at their paths.
+func bind(d proto.Disk) error {
 	for _, p := range d.Binds {
 		src := filepath.Join(d.Dir, p)
 		st, err := os.Stat(src)
@@ -170,6 +216,21 @@ func blockDevices() string {
 	return strings.Join(names, ", ")
 }
 
+// parseDevnum parses a device of modules.devname, "c10:200" or "b7:0"
+// (by hand: fmt's scanner costs this boot path its code translation).
+func parseDevnum(s string) (kind byte, major, minor uint32, ok bool) {
+	if len(s) < 4 || (s[0] != 'c' && s[0] != 'b') {
+		return 0, 0, 0, false
+	}
+	maj, min, found := strings.Cut(s[1:], ":")
+	a, err1 := strconv.ParseUint(maj, 10, 32)
+	b, err2 := strconv.ParseUint(min, 10, 32)
+	if !found || err1 != nil || err2 != nil {
+		return 0, 0, 0, false
+	}
+	return s[0], uint32(a), uint32(b), true
+}
+
 // staticNodes makes the device nodes modules.devname lists (/dev/net/tun,
 // /dev/fuse, ...), as `kmod static-nodes` does at a host's boot: opening
 // one makes the kernel ask modprobe for its module (char-major-10-200),
@@ -188,9 +249,8 @@ func staticNodes(devname, dev string) error {
 		if len(f) != 3 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
-		var kind byte
-		var major, minor uint32
-		if _, err := fmt.Sscanf(f[2], "%c%d:%d", &kind, &major, &minor); err != nil || (kind != 'c' && kind != 'b') {
+		kind, major, minor, ok := parseDevnum(f[2])
+		if !ok {
 			continue
 		}
 		// The name is the kernel's, below /dev; nothing climbs out.

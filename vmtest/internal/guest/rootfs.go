@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -39,12 +40,19 @@ var rootfs = []mount{
 	{"bpf", "/sys/fs/bpf", "bpf", ""},
 }
 
+// early is how many of rootfs's first entries initRootfs mounts before it
+// returns: /dev (the result port and /dev/kmsg are there), /proc and /sys,
+// which the disks' set-up needs (/sys/block, /proc/sys/kernel/modprobe).
+const early = 3
+
 // initRootfs sets the guest up when the agent is PID 1 (images.InitAgent):
-// /dev at once (the result port and /dev/kmsg are there), the other file
-// systems and loopback in the background while the agent reads its job and
-// greets the host; the channel delivers their failures when they are done.
-// Failures are not fatal (a kernel without tracefs can still run tests that
-// do not need it); they are also logged on the console.
+// the early file systems at once, the others and loopback in the
+// background while the agent reads its job, greets the host and mounts its
+// disks; the channel delivers their failures when they are done. Loopback
+// has a goroutine of its own: bringing lo up waits for the kernel (RCU
+// grace periods), time the mounts can use under emulation. Failures are
+// not fatal (a kernel without tracefs can still run tests that do not need
+// it); they are also logged on the console.
 func initRootfs() <-chan []error {
 	for k, v := range map[string]string{
 		"PATH": proto.DefaultPath,
@@ -53,17 +61,30 @@ func initRootfs() <-chan []error {
 	} {
 		os.Setenv(k, v)
 	}
+	var mu sync.Mutex
 	var errs []error
 	fail := func(err error) {
 		log.Print(err)
+		mu.Lock()
 		errs = append(errs, err)
+		mu.Unlock()
 	}
-	if err := mountOnce(rootfs[0]); err != nil {
-		fail(err)
+	for _, m := range rootfs[:early] {
+		if err := mountOnce(m); err != nil {
+			fail(err)
+		}
 	}
-	done := make(chan []error, 1)
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		for _, m := range rootfs[1:] {
+		defer wg.Done()
+		if err := loopbackUp(); err != nil {
+			fail(fmt.Errorf("bring up lo: %w", err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for _, m := range rootfs[early:] {
 			if err := mountOnce(m); err != nil {
 				fail(err)
 			}
@@ -79,9 +100,10 @@ func initRootfs() <-chan []error {
 		if err := os.Symlink("/dev/pts/ptmx", "/dev/ptmx"); err != nil && !errors.Is(err, os.ErrExist) {
 			fail(fmt.Errorf("link /dev/ptmx: %w", err))
 		}
-		if err := loopbackUp(); err != nil {
-			fail(fmt.Errorf("bring up lo: %w", err))
-		}
+	}()
+	done := make(chan []error, 1)
+	go func() {
+		wg.Wait()
 		done <- errs
 	}()
 	return done
