@@ -87,7 +87,7 @@ func StartSession(ctx context.Context, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := proto.NewKey()
+	key, err := newKey()
 	if err != nil {
 		return nil, err
 	}

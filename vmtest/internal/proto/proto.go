@@ -27,7 +27,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -100,15 +99,6 @@ func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 // ErrSequence reports an authentic frame out of order: frames were lost,
 // replayed or reordered.
 var ErrSequence = errors.New("result port frames out of sequence")
-
-// NewKey returns a fresh random key for one boot.
-func NewKey() ([]byte, error) {
-	k := make([]byte, KeySize)
-	if _, err := rand.Read(k); err != nil {
-		return nil, fmt.Errorf("make result port key: %w", err)
-	}
-	return k, nil
-}
 
 // tagger computes frame tags under one key.
 type tagger struct {
