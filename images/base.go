@@ -143,7 +143,8 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	if cmds == nil {
 		cmds = DefaultCommands
 	}
-	key, err := sourceKey(ctx, src, opts.arch(), append(append([]string(nil), pkgs...), cmds...))
+	mod := modOverride(ctx, src)
+	key, err := sourceKey(ctx, src, opts.arch(), mod, append(append([]string(nil), pkgs...), cmds...))
 	if err != nil {
 		return "", fmt.Errorf("base image: %w", err)
 	}
@@ -169,7 +170,7 @@ func Base(ctx context.Context, opts BaseOptions) (string, error) {
 	}
 	tmp := filepath.Join(tmpDir, "base.cpio")
 
-	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(opts.arch()), golang.WithWorkingDir(src), golang.WithBuildTag(buildTags))
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH(opts.arch()), golang.WithWorkingDir(src), golang.WithBuildTag(buildTags), golang.WithMod(mod))
 	logger := llog.New(slog.LevelWarn, func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) })
 	// u-root's builder takes no context. It runs on its own so that a
 	// cancelled build returns at once; it then finishes (or fails) in the
@@ -260,7 +261,11 @@ func SourceDir(ctx context.Context, dir string) (string, error) {
 	if dir != "" {
 		return dir, nil
 	}
-	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", modulePath)
+	args := []string{"list", "-m", "-f", "{{.Dir}}"}
+	if mod := modOverride(ctx, ""); mod != golang.ModNone {
+		args = append(args, "-mod="+string(mod))
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, modulePath)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -287,11 +292,41 @@ type listedPackage struct {
 	}
 }
 
+// modOverride is the -mod the agent's build in dir must give its go
+// commands, "" for none. The user's GOFLAGS reach them (u-root's builder
+// runs go with this process's environment) and are the user's to keep, but
+// a -mod=mod meant for the user's module stops every go command in a
+// workspace ("-mod may only be set to readonly or vendor when in workspace
+// mode"), as this project's checkout is: there it becomes readonly, what go
+// uses by default.
+func modOverride(ctx context.Context, dir string) golang.ModBehavior {
+	mod := ""
+	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
+		if v, ok := strings.CutPrefix(f, "-mod="); ok {
+			mod = v
+		}
+	}
+	if mod == "" || mod == string(golang.ModReadonly) || mod == string(golang.ModVendor) {
+		return golang.ModNone
+	}
+	cmd := exec.CommandContext(ctx, "go", "env", "GOWORK")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if w := strings.TrimSpace(string(out)); err != nil || w == "" || w == "off" {
+		return golang.ModNone
+	}
+	return golang.ModReadonly
+}
+
 // sourceKey hashes everything the base image is built from: the Go version,
 // the versions of dependency modules and the content of local sources. It
 // costs one `go list`, much less than building.
-func sourceKey(ctx context.Context, dir, goarch string, pkgs []string) (string, error) {
-	cmd := exec.CommandContext(ctx, "go", append([]string{"list", "-tags", buildTags, "-deps", "-json"}, pkgs...)...)
+func sourceKey(ctx context.Context, dir, goarch string, mod golang.ModBehavior, pkgs []string) (string, error) {
+	args := []string{"list", "-tags", buildTags, "-deps", "-json"}
+	if mod != golang.ModNone {
+		args = append(args, "-mod="+string(mod))
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 	var stderr bytes.Buffer

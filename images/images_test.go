@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/u-root/gobusybox/src/pkg/golang"
 	"github.com/u-root/mkuimage/cpio"
 )
 
@@ -229,4 +230,41 @@ func TestBaseBuildCancels(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestBaseWithUsersGOFLAGS builds the base image with a user's
+// GOFLAGS=-mod=mod: this checkout is a workspace, where go refuses that flag,
+// so the agent's build must set -mod=readonly itself; outside a workspace,
+// or with a -mod a workspace allows, the user's GOFLAGS stay as they are.
+func TestBaseWithUsersGOFLAGS(t *testing.T) {
+	src, err := SourceDir(context.Background(), "")
+	require.NoError(t, err)
+	plain := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(plain, "go.mod"), []byte("module example.com/plain\n\ngo 1.22\n"), 0o644))
+	for _, tc := range []struct {
+		goflags, dir string
+		want         golang.ModBehavior
+	}{
+		{"-mod=mod", src, golang.ModReadonly},
+		{"-trimpath -mod=mod", src, golang.ModReadonly},
+		{"-mod=readonly", src, golang.ModNone},
+		{"-mod=vendor", src, golang.ModNone},
+		{"-trimpath", src, golang.ModNone},
+		{"-mod=mod", plain, golang.ModNone},
+	} {
+		t.Setenv("GOFLAGS", tc.goflags)
+		if tc.dir == plain {
+			t.Setenv("GOWORK", "")
+		}
+		assert.Equal(t, tc.want, modOverride(context.Background(), tc.dir), "GOFLAGS=%q in %s", tc.goflags, tc.dir)
+	}
+	if testing.Short() {
+		t.Skip("builds the guest agent")
+	}
+	if modOverride(context.Background(), src) == golang.ModNone {
+		t.Skip("the checkout is not a workspace")
+	}
+	t.Setenv("GOFLAGS", "-mod=mod")
+	_, err = Base(context.Background(), BaseOptions{CacheDir: t.TempDir(), Commands: []string{}})
+	require.NoError(t, err)
 }
