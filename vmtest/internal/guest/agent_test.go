@@ -189,3 +189,24 @@ func TestParseDevnum(t *testing.T) {
 		assert.Equal(t, tc.minor, minor, tc.in)
 	}
 }
+
+func TestOverlappingDisks(t *testing.T) {
+	share := proto.Disk{Label: "vmtshare", Dir: "/.vmtest/share", Binds: []string{"/home/u/mod"}}
+	mods := proto.Disk{Label: "vmtmods", Dir: "/lib/modules/6.1.0"}
+	goroot := proto.Disk{Label: "vmtgoroot", Dir: "/usr/local/go"}
+	for _, tc := range []struct {
+		name  string
+		disks []proto.Disk
+		want  bool
+	}{
+		{"apart", []proto.Disk{share, mods, goroot}, false},
+		{"one disk", []proto.Disk{share}, false},
+		{"bind below a mount", []proto.Disk{{Label: "s", Dir: "/.vmtest/share", Binds: []string{"/usr/local/go/src"}}, goroot}, true},
+		{"mount below a bind", []proto.Disk{{Label: "s", Dir: "/.vmtest/share", Binds: []string{"/usr"}}, goroot}, true},
+		{"same mount point", []proto.Disk{mods, {Label: "m2", Dir: "/lib/modules/6.1.0/"}}, true},
+		{"a prefix that is no parent", []proto.Disk{goroot, {Label: "g2", Dir: "/usr/local/golang"}}, false},
+		{"the root", []proto.Disk{goroot, {Label: "r", Dir: "/x", Binds: []string{"/"}}}, true},
+	} {
+		assert.Equal(t, tc.want, overlapping(tc.disks), tc.name)
+	}
+}

@@ -26,46 +26,43 @@ const diskWait = 20 * time.Second
 
 // mountDisks mounts the job's disks and binds their trees. A disk that does
 // not mount is a fault: the tests would fail later, far from the cause.
+//
+// Each disk is set up as soon as it appears, while the others are still
+// being found or mounted (under emulation the guest's one host thread
+// fills the waits for the disks with the other disks' work), unless a
+// disk's mount point or binds lie at or below another's: then they go one
+// after another, in the job's order, as on a host's fstab.
 func (a *agent) mountDisks(disks []proto.Disk) {
 	if len(disks) == 0 {
 		return
 	}
-	devs, err := findDisks(disks, diskWait)
-	if err != nil {
-		a.faultf("%v", err)
+	ready := make(map[string]chan string, len(disks))
+	for _, d := range disks {
+		ready[d.Label] = make(chan string, 1)
 	}
-	// The file systems mount at once (each waits for its disk), the binds
-	// after all of them and in order, as one of them may lie below another
-	// disk's mount point.
-	mountErrs := make([]error, len(disks))
-	var wg sync.WaitGroup
-	for i, d := range disks {
-		dev, ok := devs[d.Label]
-		if !ok {
-			mountErrs[i] = errNotFound
-			continue
+	go func() {
+		err := findDisks(disks, diskWait, func(label, dev string) {
+			ready[label] <- dev
+		})
+		if err != nil {
+			a.faultf("%v", err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			mountErrs[i] = mountDisk(dev, d)
-		}()
-		if nested(d.Dir, disks) {
-			wg.Wait()
+		for _, c := range ready {
+			close(c) // a disk not found gets ""
 		}
-	}
-	wg.Wait()
-	for i, d := range disks {
-		if errors.Is(mountErrs[i], errNotFound) {
-			continue
+	}()
+	setUp := func(d proto.Disk) {
+		dev := <-ready[d.Label]
+		if dev == "" {
+			return // reported by findDisks
 		}
-		err := mountErrs[i]
+		err := mountDisk(dev, d)
 		if err == nil {
 			err = bind(d)
 		}
 		if err != nil {
 			a.faultf("disk %s: %v", d.Label, err)
-			continue
+			return
 		}
 		if strings.HasPrefix(d.Dir, "/lib/modules/") {
 			if err := serveModprobe(); err != nil {
@@ -76,21 +73,40 @@ func (a *agent) mountDisks(disks []proto.Disk) {
 			}
 		}
 	}
+	if overlapping(disks) {
+		for _, d := range disks {
+			setUp(d)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for _, d := range disks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			setUp(d)
+		}()
+	}
+	wg.Wait()
 }
 
-// errNotFound marks a disk findDisks did not find (and reported).
-var errNotFound = errors.New("not found")
-
-// nested says whether another disk mounts at or below dir, or dir lies
-// below another disk's mount point: then the two mount in order.
-func nested(dir string, disks []proto.Disk) bool {
-	n := 0
-	for _, d := range disks {
-		if d.Dir == dir || strings.HasPrefix(d.Dir, dir+"/") || strings.HasPrefix(dir, d.Dir+"/") {
-			n++
+// overlapping says whether a path one disk mounts or binds lies at or below
+// one of another disk.
+func overlapping(disks []proto.Disk) bool {
+	paths := func(d proto.Disk) []string { return append([]string{d.Dir}, d.Binds...) }
+	for i, d := range disks {
+		for _, e := range disks[i+1:] {
+			for _, p := range paths(d) {
+				for _, q := range paths(e) {
+					p, q := filepath.Clean(p), filepath.Clean(q)
+					if p == q || strings.HasPrefix(p, q+"/") || strings.HasPrefix(q, p+"/") || p == "/" || q == "/" {
+						return true
+					}
+				}
+			}
 		}
 	}
-	return n > 1
+	return false
 }
 
 func mountDisk(dev string, d proto.Disk) error {
@@ -134,31 +150,45 @@ func bind(d proto.Disk) error {
 	return nil
 }
 
-// findDisks maps the labels of disks to their block devices, waiting up to
-// wait for them to appear.
-func findDisks(disks []proto.Disk, wait time.Duration) (map[string]string, error) {
-	found := map[string]string{}
-	var missing []string
+// findDisks finds the block device of each disk by its label, waiting up
+// to wait for them to appear, and calls found once for each as soon as it
+// is there.
+func findDisks(disks []proto.Disk, wait time.Duration, found func(label, dev string)) error {
+	want := map[string]bool{}
+	for _, d := range disks {
+		want[d.Label] = true
+	}
+	seen := map[string]bool{} // devices read already
 	ok := pollNVMe(wait, func(devs []string) bool {
 		for _, dev := range devs {
-			if l, err := ext4Label(dev); err == nil && l != "" {
-				if _, dup := found[l]; !dup {
-					found[l] = dev
-				}
+			if seen[dev] {
+				continue
+			}
+			l, err := ext4Label(dev)
+			if errors.Is(err, errNotExt4) {
+				seen[dev] = true // the spool
+			}
+			if err != nil {
+				continue // else not readable yet
+			}
+			seen[dev] = true
+			if want[l] {
+				delete(want, l)
+				found(l, dev)
 			}
 		}
-		missing = missing[:0]
+		return len(want) == 0
+	})
+	if !ok {
+		var missing []string
 		for _, d := range disks {
-			if _, ok := found[d.Label]; !ok {
+			if want[d.Label] {
 				missing = append(missing, d.Label)
 			}
 		}
-		return len(missing) == 0
-	})
-	if !ok {
-		return found, fmt.Errorf("disks %s did not appear within %s (the kernel found: %s)", strings.Join(missing, ", "), wait, blockDevices())
+		return fmt.Errorf("disks %s did not appear within %s (the kernel found: %s)", strings.Join(missing, ", "), wait, blockDevices())
 	}
-	return found, nil
+	return nil
 }
 
 // pollNVMe calls done with the NVMe block devices (/dev/nvme...) until it
@@ -185,6 +215,8 @@ func pollNVMe(wait time.Duration, done func(devs []string) bool) bool {
 	}
 }
 
+var errNotExt4 = errors.New("not ext4")
+
 // ext4Label reads the volume label of the ext4 file system on dev.
 func ext4Label(dev string) (string, error) {
 	f, err := os.Open(dev)
@@ -198,7 +230,7 @@ func ext4Label(dev string) (string, error) {
 		return "", err
 	}
 	if binary.LittleEndian.Uint16(sb[0x38:]) != 0xef53 {
-		return "", fmt.Errorf("%s: not ext4", dev)
+		return "", fmt.Errorf("%s: %w", dev, errNotExt4)
 	}
 	label, _, _ := bytes.Cut(sb[0x78:0x88], []byte{0})
 	return string(label), nil
