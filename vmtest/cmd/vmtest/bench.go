@@ -283,7 +283,9 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			}
 			floors = append(floors, fl.Duration)
 			floorInits = append(floorInits, fl.Kernel.Init)
-			floorUsers = append(floorUsers, fl.Kernel.UserSpace())
+			if u := fl.Kernel.UserSpace(); u > 0 {
+				floorUsers = append(floorUsers, u)
+			}
 			accel = fl.Accel.Name
 			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
 		}},
@@ -296,7 +298,9 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			firsts = append(firsts, res.FirstOutput)
 			boots = append(boots, res.Boot)
 			runInits = append(runInits, res.Kernel.Init)
-			runUsers = append(runUsers, res.Kernel.UserSpace())
+			if u := res.Kernel.UserSpace(); u > 0 {
+				runUsers = append(runUsers, u)
+			}
 			rss = max(rss, res.QEMUMaxRSS)
 			return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
 		}},
@@ -334,7 +338,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 	}
 	b.rows = append(b.rows, benchRow{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
 		first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
-		floorInit: median(floorInits), floorUser: median(floorUsers), runInit: median(runInits), runUser: median(runUsers)})
+		floorInit: median(floorInits), floorUser: medianOr(floorUsers, -1), runInit: median(runInits), runUser: medianOr(runUsers, -1)})
 	return nil
 }
 
@@ -388,8 +392,8 @@ func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) s
 	fmt.Fprintf(&w, "| kernel | release | floor | runner | runner/floor | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
 	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range b.rows {
-		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %.2fs / %.2fs | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
-			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, r.floorUser, r.runUser,
+		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
 			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&w, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
@@ -405,6 +409,24 @@ func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) s
 		}
 	}
 	return w.String()
+}
+
+// medianOr is the median of xs, or none when there is no sample.
+func medianOr[T cmp.Ordered](xs []T, none T) T {
+	if len(xs) == 0 {
+		return none
+	}
+	return median(xs)
+}
+
+// secondsOrNA formats a time in seconds, negative for one not measured: a
+// kernel that prints its console from a thread (7.3) may not have printed
+// the power-off line when QEMU exits.
+func secondsOrNA(s float64) string {
+	if s < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fs", s)
 }
 
 func median[T cmp.Ordered](xs []T) T {
