@@ -37,9 +37,10 @@ func Main() {
 	}
 	log.SetPrefix("vmtest-guest: ")
 	log.SetFlags(0)
-	var rootfs <-chan []error
+	var rootfs *rootfsSetup
 	if os.Getpid() == 1 {
-		rootfs = initRootfs()
+		r := initRootfs()
+		rootfs = &r
 		timeline("agent started")
 	}
 	exitPort, err := run(rootfs)
@@ -66,10 +67,10 @@ func boolToCode(b bool) int {
 	return 0
 }
 
-// run does the job. rootfs, when the agent is PID 1, delivers the errors of
-// the file system set-up that runs meanwhile.
+// run does the job. rootfs, when the agent is PID 1, is the file system
+// set-up that runs meanwhile.
 // It returns the job's exit port once everything is sent.
-func run(rootfs <-chan []error) (int64, error) {
+func run(rootfs *rootfsSetup) (int64, error) {
 	job, err := readJob(proto.JobPath)
 	if err != nil {
 		return 0, err
@@ -91,10 +92,18 @@ func run(rootfs <-chan []error) (int64, error) {
 	// NVMe namespaces appear some tens of milliseconds into user space, and
 	// mounting waits for the disk: under emulation the guest's one host
 	// thread does the rest of the set-up meanwhile.
+	var mounted <-chan struct{}
+	if rootfs != nil {
+		mounted = rootfs.mounted
+	} else {
+		c := make(chan struct{}) // under u-root's init, mounted already
+		close(c)
+		mounted = c
+	}
 	disks := make(chan struct{})
 	go func() {
 		defer close(disks)
-		a.mountDisks(job.Disks)
+		a.mountDisks(job.Disks, mounted)
 	}()
 	a.hello()
 	kmsg, err := startKmsg(a.sendDmesg)
@@ -102,7 +111,7 @@ func run(rootfs <-chan []error) (int64, error) {
 		a.logf("%v", err)
 	}
 	if rootfs != nil {
-		for _, err := range <-rootfs {
+		for _, err := range <-rootfs.done {
 			a.logf("%v", err)
 		}
 	}

@@ -31,8 +31,9 @@ const diskWait = 20 * time.Second
 // being found or mounted (under emulation the guest's one host thread
 // fills the waits for the disks with the other disks' work), unless a
 // disk's mount point or binds lie at or below another's: then they go one
-// after another, in the job's order, as on a host's fstab.
-func (a *agent) mountDisks(disks []proto.Disk) {
+// after another, in the job's order, as on a host's fstab. Nothing is
+// mounted before mounted is closed (the guest's own file systems are).
+func (a *agent) mountDisks(disks []proto.Disk, mounted <-chan struct{}) {
 	if len(disks) == 0 {
 		return
 	}
@@ -56,6 +57,7 @@ func (a *agent) mountDisks(disks []proto.Disk) {
 		if dev == "" {
 			return // reported by findDisks
 		}
+		<-mounted
 		err := mountDisk(dev, d)
 		if err == nil {
 			err = bind(d)

@@ -45,15 +45,25 @@ var rootfs = []mount{
 // which the disks' set-up needs (/sys/block, /proc/sys/kernel/modprobe).
 const early = 3
 
+// rootfsSetup is the progress of initRootfs.
+type rootfsSetup struct {
+	// mounted is closed once every file system of rootfs is mounted: a
+	// disk mounts or binds only then, as its paths may lie below one of
+	// them (a module checked out under /dev/shm).
+	mounted <-chan struct{}
+	// done delivers the set-up's failures, loopback's included, when all of
+	// it is done.
+	done <-chan []error
+}
+
 // initRootfs sets the guest up when the agent is PID 1 (images.InitAgent):
 // the early file systems at once, the others and loopback in the
-// background while the agent reads its job, greets the host and mounts its
-// disks; the channel delivers their failures when they are done. Loopback
-// has a goroutine of its own: bringing lo up waits for the kernel (RCU
-// grace periods), time the mounts can use under emulation. Failures are
-// not fatal (a kernel without tracefs can still run tests that do not need
-// it); they are also logged on the console.
-func initRootfs() <-chan []error {
+// background while the agent reads its job, greets the host and finds its
+// disks. Loopback has a goroutine of its own: bringing lo up waits for the
+// kernel (RCU grace periods), time the disks' set-up can use under
+// emulation. Failures are not fatal (a kernel without tracefs can still run
+// tests that do not need it); they are also logged on the console.
+func initRootfs() rootfsSetup {
 	for k, v := range map[string]string{
 		"PATH": proto.DefaultPath,
 		"HOME": "/tmp",
@@ -74,6 +84,7 @@ func initRootfs() <-chan []error {
 			fail(err)
 		}
 	}
+	mounted := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -100,13 +111,14 @@ func initRootfs() <-chan []error {
 		if err := os.Symlink("/dev/pts/ptmx", "/dev/ptmx"); err != nil && !errors.Is(err, os.ErrExist) {
 			fail(fmt.Errorf("link /dev/ptmx: %w", err))
 		}
+		close(mounted)
 	}()
 	done := make(chan []error, 1)
 	go func() {
 		wg.Wait()
 		done <- errs
 	}()
-	return done
+	return rootfsSetup{mounted: mounted, done: done}
 }
 
 // mountOnce mounts m, creating its mount point; EBUSY (a file system that
