@@ -167,14 +167,11 @@ func findDisks(disks []proto.Disk, wait time.Duration, found func(label, dev str
 				continue
 			}
 			l, err := ext4Label(dev)
-			if errors.Is(err, errNotExt4) {
-				seen[dev] = true // the spool
+			if err != nil && !errors.Is(err, errNotExt4) {
+				continue // not readable yet
 			}
-			if err != nil {
-				continue // else not readable yet
-			}
-			seen[dev] = true
-			if want[l] {
+			seen[dev] = true // an ext4 disk, or the spool
+			if err == nil && want[l] {
 				delete(want, l)
 				found(l, dev)
 			}
