@@ -360,7 +360,14 @@ func (opts *Options) prepare() (qemu string, err error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Minute
 	}
-	if qemu, err = findQEMU(opts.QEMU, opts.mach); err != nil {
+	return opts.machineQEMU()
+}
+
+// machineQEMU finds the QEMU binary for opts.mach and sets the firmware it
+// boots.
+func (opts *Options) machineQEMU() (string, error) {
+	qemu, err := findQEMU(opts.QEMU, opts.mach)
+	if err != nil {
 		return "", err
 	}
 	opts.bios, err = opts.mach.firmwarePath(opts.Firmware, qemu)
@@ -752,11 +759,8 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	if opts.mach, err = kernelMachine(opts.Kernel); err != nil {
 		return nil, err
 	}
-	qemu, err := findQEMU(opts.QEMU, opts.mach)
+	qemu, err := opts.machineQEMU()
 	if err != nil {
-		return nil, err
-	}
-	if opts.bios, err = opts.mach.firmwarePath(opts.Firmware, qemu); err != nil {
 		return nil, err
 	}
 	res := &FloorResult{}
