@@ -28,10 +28,13 @@ var usageText = `vmtest runs Go tests inside Linux kernels under QEMU.
 Usage:
   vmtest run [flags] [-- go test [packages] [go test flags]]
       Builds the test binaries on the host (CGO_ENABLED=0 unless set, or -race,
-      whose binaries get their C libraries from the host), boots the kernel once
-      per package with an initramfs (built with u-root) holding the test binary
-      and vmtest's guest agent as /init, runs the binary as root in the guest
-      and prints each test's result, then "N passed, N failed, N skipped". Exits 0
+      whose binaries get their C libraries from the host), boots each kernel
+      with vmtest's guest agent as /init of a u-root initramfs and runs every
+      package's test binary in it as root, one after another (a second guest of
+      the kernel takes packages go test runs in parallel when a guest slot is
+      free; a package that crashes or hangs its guest fails alone and the rest
+      go on in a fresh one; -boot per-package boots once per package), and
+      prints each test's result, then "N passed, N failed, N skipped". Exits 0
       only when every test passed, the guest kernel reported no splat (WARNING,
       BUG, oops, lockdep, KASAN, RCU stall, hung task), every module loaded, the
       guest kept within -max-output, -max-artifacts and -max-artifact-files,

@@ -42,7 +42,7 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	f.register(fs)
 	fs.BoolVar(&f.json, "json", false, "print go test -json events on stdout instead of the human-readable report")
 	fs.StringVar(&f.suites, "suites", "", "comma-separated test packages to run, by last path element (e.g. skbstore), out of the given patterns")
-	fs.StringVar(&f.boot, "boot", bootPerKernel, "per-kernel: one guest per kernel runs every package's test binary, one after another (each with its own directory, environment, outputs and results; the kernel's state carries over as on a host), a package that crashes or hangs the guest fails alone and the rest go on in a fresh guest; per-package: a guest of its own for each test binary (package) and kernel")
+	fs.StringVar(&f.boot, "boot", bootPerKernel, "per-kernel: a guest of the kernel runs the packages' test binaries one after another, up to -vms guests of it when go test runs packages in parallel (each package with its own directory, environment, outputs and results; the kernel's state carries over as on a host), a package that crashes or hangs the guest fails alone and the rest go on in a fresh guest; per-package: a guest of its own for each test binary (package) and kernel")
 	fs.BoolVar(&f.allowSkip, "allow-skip", false, "let a package whose every test skipped pass (by default it fails: nothing was checked)")
 	fs.StringVar(&f.rerunFailed, "rerun-failed", "", "results directory of an earlier run: run again only its failed kernels, packages and tests")
 	fs.Usage = func() {
