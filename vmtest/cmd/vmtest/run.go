@@ -24,6 +24,8 @@ import (
 	"github.com/skbstore/skbstore/kernels"
 	"github.com/skbstore/skbstore/vmtest"
 	"github.com/skbstore/skbstore/vmtest/gotest"
+	"github.com/skbstore/skbstore/vmtest/internal/history"
+	"github.com/skbstore/skbstore/vmtest/internal/slots"
 	"github.com/skbstore/skbstore/vmtest/report"
 )
 
@@ -146,7 +148,9 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 
 	rep := &report.Report{Started: time.Now()}
 	st := newStatus(os.Stderr, names, !f.shellOnFail)
-	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, binArgs: binArgs, perKernel: perKernel, kernels: len(names)}
+	m := &matrix{f: &f, base: base, runDir: runDir, st: st, pkgs: pkgs, testFlags: testFlags, binArgs: binArgs, perKernel: perKernel, kernels: len(names),
+		history: history.Open(filepath.Join(dir, "history.json")),
+		slots:   &slots.Queue{Dir: filepath.Join(dir, "vm-slots"), N: f.vms}}
 	var wg sync.WaitGroup
 	for _, n := range names {
 		k := &report.Kernel{Name: n}
@@ -159,6 +163,9 @@ func runCmd(ctx context.Context, args []string) (int, error) {
 	}
 	wg.Wait()
 	st.done()
+	if err := m.history.Save(); err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+	}
 	rep.Finished = time.Now()
 	rep.Interrupted = ctx.Err() != nil
 	for _, k := range rep.Kernels {
@@ -252,6 +259,12 @@ type matrix struct {
 	perKernel map[string][]string
 	fetchMu   sync.Mutex // one download at a time: they share the disk and the network
 	outMu     sync.Mutex
+	// history has how long each package ran on each kernel (-boot
+	// per-kernel): the guest servers start the longest first.
+	history *history.Store
+	// slots orders the guest servers' waits for a guest slot, the
+	// longest package's first.
+	slots *slots.Queue
 }
 
 func (m *matrix) runKernel(ctx context.Context, k *report.Kernel) {
@@ -433,7 +446,7 @@ func (m *matrix) guestServer(ctx context.Context, kf *vmFlags, p *prepared, base
 	for _, sh := range shares {
 		roots = append(roots, sh.Path)
 	}
-	return startGuestServer(ctx, name, kf, opts, roots, kdir)
+	return startGuestServer(ctx, serverConfig{kernel: name, f: kf, opts: opts, roots: roots, dir: kdir, history: m.history, slots: m.slots})
 }
 
 // shellOnFailPlan makes a run fit for -shell-on-fail: one guest at a time

@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/vmtest"
+	"github.com/skbstore/skbstore/vmtest/internal/history"
 	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
@@ -41,26 +43,46 @@ const serverEnv = "VMTEST_SERVER"
 // packages keep running in parallel. A guest that dies or hangs fails the
 // package that was running; the next one gets a fresh guest.
 type guestServer struct {
+	serverConfig
 	ctx  context.Context // of the sessions: the run's
 	stop context.CancelFunc
 	// waits ends the waits for guest slots and requests when the server
 	// closes: a wait for a slot that its own idle guests hold would never
 	// end.
-	waits  context.Context
+	waits context.Context
+	sock  string
+	ln    net.Listener
+	wg    sync.WaitGroup
+
+	mu      sync.Mutex
+	pool    []*served     // live sessions
+	idle    chan struct{} // closed and renewed when a session becomes idle
+	changed chan struct{} // the same, and when a request stops waiting
+	waiting []*request    // requests waiting for a session
+	seq     uint64        // of the requests, in the order they came
+	boots   int
+	errs    []error
+}
+
+// serverConfig is what a guest server serves.
+type serverConfig struct {
 	kernel string
 	f      *vmFlags
 	opts   vmtest.Options // of every session, but OutDir
 	roots  []string       // the trees the sessions share: a package must be below one
 	dir    string         // the kernel's results: sessions' boots in .boot-N
-	sock   string
-	ln     net.Listener
-	wg     sync.WaitGroup
+	// history tells how long a package ran last time: when requests wait
+	// for a guest, the longest goes first, and the longest wait of all
+	// servers of the run gets the next guest slot (slots). It learns
+	// each package's time here.
+	history *history.Store
+	slots   *slots.Queue
+}
 
-	mu    sync.Mutex
-	pool  []*served     // live sessions
-	idle  chan struct{} // closed and renewed when a session becomes idle
-	boots int
-	errs  []error
+// request is a package waiting for a guest.
+type request struct {
+	expect time.Duration // how long it ran last time
+	seq    uint64
 }
 
 // served is a session of the pool and its guest slot.
@@ -100,23 +122,23 @@ const (
 
 // startGuestServer listens on a socket of its own and boots the first guest
 // at once, while go test compiles.
-func startGuestServer(ctx context.Context, kernel string, f *vmFlags, opts vmtest.Options, roots []string, dir string) (*guestServer, error) {
+func startGuestServer(ctx context.Context, cfg serverConfig) (*guestServer, error) {
 	sockDir, err := os.MkdirTemp("", "vmtest-server-")
 	if err != nil {
 		return nil, err
 	}
-	s := &guestServer{ctx: ctx, kernel: kernel, f: f, opts: opts, roots: roots, dir: dir, sock: filepath.Join(sockDir, "s"),
-		idle: make(chan struct{})}
+	s := &guestServer{serverConfig: cfg, ctx: ctx, sock: filepath.Join(sockDir, "s"), idle: make(chan struct{}), changed: make(chan struct{})}
 	s.waits, s.stop = context.WithCancel(ctx)
 	if s.ln, err = net.Listen("unix", s.sock); err != nil {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("guest server: %w", err)
 	}
-	// The first guest boots while go test compiles.
+	// The first guest boots while go test compiles, at the lowest
+	// priority: a package that waits for a guest slot comes first.
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		sv, err := s.startIn(s.waits)
+		sv, err := s.startIn(s.waits, 0)
 		switch {
 		case err == nil:
 			s.release(sv)
@@ -156,10 +178,29 @@ func (s *guestServer) accept() {
 	}
 }
 
-// take returns an idle live session of the pool, marked busy: one that is
-// idle, else a new one if the pool has room and a guest slot is free, else
-// the first that becomes idle.
-func (s *guestServer) take(ctx context.Context) (*served, error) {
+// take returns an idle live session of the pool, marked busy, for a
+// request expected to run for expect: one that is idle, else a new one if
+// the pool has room and a guest slot is free, else the first that becomes
+// idle. Among waiting requests the longest expected goes first (the first
+// to come among equals), so that a long package does not start last and run
+// alone at the end.
+func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, error) {
+	s.mu.Lock()
+	s.seq++
+	me := &request{expect: expect, seq: s.seq}
+	s.waiting = append(s.waiting, me)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		for i, r := range s.waiting {
+			if r == me {
+				s.waiting = append(s.waiting[:i], s.waiting[i+1:]...)
+				break
+			}
+		}
+		s.signal(false)
+		s.mu.Unlock()
+	}()
 	for {
 		s.mu.Lock()
 		var dead []*served
@@ -171,31 +212,35 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 		for _, sv := range dead {
 			s.remove(sv)
 		}
-		for _, sv := range s.pool {
-			if !sv.busy {
-				sv.busy = true
-				s.mu.Unlock()
-				return sv, nil
+		first := s.first() == me
+		if first {
+			for _, sv := range s.pool {
+				if !sv.busy {
+					sv.busy = true
+					s.mu.Unlock()
+					return sv, nil
+				}
 			}
 		}
 		room := len(s.pool) < max(s.f.vms, 1)
-		idle := s.idle
-		s.debugf("no idle guest of %d; room for another: %v", len(s.pool), room)
+		idle, changed := s.idle, s.changed
+		s.debugf("no idle guest of %d for a package of %.0fs (first in line: %v); room for another: %v", len(s.pool), expect.Seconds(), first, room)
 		s.mu.Unlock()
 		if !room {
 			select {
-			case <-idle:
+			case <-changed:
 				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
 		}
-		// A new guest, unless a session becomes idle first.
+		// A new guest, unless a session becomes idle first. It goes to
+		// the first request in line, which may be another.
 		slotCtx, cancel := context.WithCancel(ctx)
 		got := make(chan *served, 1)
 		errc := make(chan error, 1)
 		go func() {
-			sv, err := s.startIn(slotCtx)
+			sv, err := s.startIn(slotCtx, expect)
 			if err != nil {
 				errc <- err
 				return
@@ -205,7 +250,14 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 		select {
 		case sv := <-got:
 			cancel()
-			return sv, nil
+			s.mu.Lock()
+			mine := s.first() == me
+			s.mu.Unlock()
+			if mine {
+				return sv, nil
+			}
+			s.release(sv)
+			continue
 		case err := <-errc:
 			cancel()
 			if ctx.Err() != nil {
@@ -240,17 +292,39 @@ func (s *guestServer) take(ctx context.Context) (*served, error) {
 	}
 }
 
+// first is the waiting request that gets the next guest. s.mu held.
+func (s *guestServer) first() *request {
+	var f *request
+	for _, r := range s.waiting {
+		if f == nil || r.expect > f.expect || (r.expect == f.expect && r.seq < f.seq) {
+			f = r
+		}
+	}
+	return f
+}
+
+// signal wakes the waiting requests to look again: for a session that
+// became idle (idle), or another request that stopped waiting. s.mu held.
+func (s *guestServer) signal(idle bool) {
+	if idle {
+		close(s.idle)
+		s.idle = make(chan struct{})
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
 // errPoolFull: the guest slot came when the pool had no room any more.
 var errPoolFull = errors.New("the kernel's guests are all up")
 
-// startIn boots a session in a free guest slot, busy; ctx bounds the wait
-// for the slot.
-func (s *guestServer) startIn(ctx context.Context) (*served, error) {
-	s.debugf("waiting for a guest slot")
-	slot, err := guestSlot(ctx, s.f)
+// startIn boots a session in a free guest slot, busy, for a package
+// expected to run for expect; ctx bounds the wait for the slot.
+func (s *guestServer) startIn(ctx context.Context, expect time.Duration) (*served, error) {
+	s.debugf("waiting for a guest slot (a package of %.0fs)", expect.Seconds())
+	slot, err := s.slots.Acquire(ctx, expect.Seconds())
 	if err != nil {
 		s.debugf("no slot: %v", err)
-		return nil, err
+		return nil, fmt.Errorf("wait for a free guest slot: %w", err)
 	}
 	s.debugf("got a guest slot")
 	s.mu.Lock()
@@ -285,8 +359,7 @@ func (s *guestServer) release(sv *served) {
 	if !sv.sess.Alive() {
 		s.remove(sv)
 	}
-	close(s.idle)
-	s.idle = make(chan struct{})
+	s.signal(true)
 }
 
 // remove takes sv out of the pool and ends it in the background. s.mu held.
@@ -341,9 +414,10 @@ func (s *guestServer) handle(c net.Conn) {
 	}
 	var res *vmtest.Result
 	var err error
+	expect := s.history.Expect(s.kernel, req.Dir)
 	for try := 0; try < 2; try++ {
 		var sv *served
-		if sv, err = s.take(ctx); err != nil {
+		if sv, err = s.take(ctx, expect); err != nil {
 			break
 		}
 		res, err = sv.sess.Run(ctx, cmd)
@@ -351,6 +425,9 @@ func (s *guestServer) handle(c net.Conn) {
 		if !errors.Is(err, vmtest.ErrSessionOver) {
 			break
 		}
+	}
+	if res != nil && res.Duration > 0 {
+		s.history.Record(s.kernel, req.Dir, res.Duration)
 	}
 	var out bytes.Buffer
 	if err != nil {

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/skbstore/skbstore/vmtest/internal/history"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -156,5 +159,58 @@ func TestBootPerKernelSharesSlots(t *testing.T) {
 	for _, k := range []string{"6.1", "6.12"} {
 		boots, _ := filepath.Glob(filepath.Join(dir, k, ".boot-*"))
 		assert.Len(t, boots, 1, "kernel %s: one guest for its two packages", k)
+	}
+}
+
+// TestLongestFirst runs three packages that wait for the one guest of
+// -vms 1 (each holds it for two seconds, so the others queue up): the one
+// that ran longest last time (as the history in the cache says) does not
+// run last, though go test starts it last; and the run records each
+// package's time for the next.
+func TestLongestFirst(t *testing.T) {
+	bin := vmtestBin(t)
+	mod, write := tempModule(t, "example.com/longest")
+	pkgs := []string{"a", "b", "c"}
+	for _, p := range pkgs {
+		// When it ran, on the clock of the guest they share.
+		write(p+"/"+p+"_test.go", "package "+p+"\n\nimport (\n\t\"testing\"\n\t\"time\"\n)\n\n"+
+			"func TestPass(t *testing.T) {\n\tt.Logf(\"at=%d\", time.Now().UnixNano())\n\ttime.Sleep(2 * time.Second)\n}\n")
+	}
+	dir, err := cacheDir()
+	require.NoError(t, err)
+	path := filepath.Join(dir, "history.json")
+	h := history.Open(path)
+	for p, d := range map[string]time.Duration{"a": time.Second, "b": 2 * time.Second, "c": 100 * time.Second} {
+		h.Record("6.1", filepath.Join(mod, p), d)
+	}
+	require.NoError(t, h.Save())
+
+	results := t.TempDir()
+	cmd := exec.Command(bin, "run", "-kernel", "6.1", "-vms", "1", "-results", results, "--", "go", "test", "-v", "-p", "3", "./...")
+	cmd.Dir = mod
+	cmd.Env = append(os.Environ(), "VMTEST_SRC=")
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	require.NoError(t, err)
+	// go test prints the packages in its own order: when each ran is
+	// in its output.
+	at := map[string]int64{}
+	events, err := os.ReadFile(filepath.Join(runDirOf(t, results), "6.1", "events.json"))
+	require.NoError(t, err)
+	for _, l := range strings.Split(strings.TrimSpace(string(events)), "\n") {
+		var e struct{ Package, Output string }
+		require.NoError(t, json.Unmarshal([]byte(l), &e))
+		if _, v, ok := strings.Cut(e.Output, "at="); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			require.NoError(t, err)
+			at[e.Package[strings.LastIndex(e.Package, "/")+1:]] = n
+		}
+	}
+	require.Len(t, at, 3, "every package says when it ran")
+	assert.Less(t, at["c"], max(at["a"], at["b"]), "the package that ran longest last time is not the last")
+	h = history.Open(path)
+	for _, p := range pkgs {
+		d := h.Expect("6.1", filepath.Join(mod, p))
+		assert.True(t, d >= 2*time.Second && d < 100*time.Second, "package %s: %v recorded", p, d)
 	}
 }

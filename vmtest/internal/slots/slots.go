@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,26 @@ func (s *Slot) Release() {
 
 // Acquire takes one of n slots in dir, waiting until one is free or ctx ends.
 func Acquire(ctx context.Context, dir string, n int) (*Slot, error) {
+	files, err := open(dir, n)
+	if err != nil {
+		return nil, err
+	}
+	delay := 10 * time.Millisecond
+	for {
+		if s := try(files); s != nil {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			closeAll(files)
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = backoff(delay)
+	}
+}
+
+func open(dir string, n int) ([]*os.File, error) {
 	if n < 1 {
 		n = 1
 	}
@@ -40,35 +61,130 @@ func Acquire(ctx context.Context, dir string, n int) (*Slot, error) {
 	for i := range files {
 		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("slot%d", i)), os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
-			for _, g := range files[:i] {
-				g.Close()
-			}
+			closeAll(files[:i])
 			return nil, fmt.Errorf("vm slots: %w", err)
 		}
 		files[i] = f
 	}
+	return files, nil
+}
+
+// try takes a free slot of files, if one is, and closes the other files;
+// else it returns nil and keeps them open.
+func try(files []*os.File) *Slot {
+	for i, f := range files {
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			for j, g := range files {
+				if j != i {
+					g.Close()
+				}
+			}
+			return &Slot{f: f}
+		}
+	}
+	return nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// backoff is the next wait between tries: slots are held for seconds, so
+// polling settles at five times a second.
+func backoff(d time.Duration) time.Duration {
+	return min(2*d, 200*time.Millisecond)
+}
+
+// Queue orders one process's waits for the slots of Dir: only the waiter
+// of the highest priority (the first to come among equals) tries to take
+// one, so the slot that frees goes to the most pressing wait of the
+// process. Other processes' waits compete with the queue's head as with any
+// Acquire.
+type Queue struct {
+	Dir string
+	N   int
+
+	mu      sync.Mutex
+	seq     uint64
+	waiting []*waiter
+	changed chan struct{} // closed and renewed when the head may have changed
+}
+
+type waiter struct {
+	prio float64
+	seq  uint64
+}
+
+// Acquire takes a slot for a wait of priority prio (higher goes first),
+// waiting until one is free and no wait of the queue with a higher
+// priority is left, or ctx ends.
+func (q *Queue) Acquire(ctx context.Context, prio float64) (*Slot, error) {
+	files, err := open(q.Dir, q.N)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	q.seq++
+	w := &waiter{prio: prio, seq: q.seq}
+	q.waiting = append(q.waiting, w)
+	q.signal()
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		for i, o := range q.waiting {
+			if o == w {
+				q.waiting = append(q.waiting[:i], q.waiting[i+1:]...)
+				break
+			}
+		}
+		q.signal()
+		q.mu.Unlock()
+	}()
 	delay := 10 * time.Millisecond
 	for {
-		for i, f := range files {
-			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-				for j, g := range files {
-					if j != i {
-						g.Close()
-					}
-				}
-				return &Slot{f: f}, nil
+		q.mu.Lock()
+		head := q.head() == w
+		changed := q.changed
+		q.mu.Unlock()
+		if head {
+			if s := try(files); s != nil {
+				return s, nil
 			}
+		} else {
+			delay = 10 * time.Millisecond // the next time it is the head, it tries at once
+		}
+		var tick <-chan time.Time
+		if head {
+			tick = time.After(delay)
+			delay = backoff(delay)
 		}
 		select {
 		case <-ctx.Done():
-			for _, f := range files {
-				f.Close()
-			}
+			closeAll(files)
 			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < 200*time.Millisecond {
-			delay *= 2
+		case <-changed:
+		case <-tick:
 		}
 	}
+}
+
+// head is the waiter that may take a slot. q.mu held.
+func (q *Queue) head() *waiter {
+	var h *waiter
+	for _, w := range q.waiting {
+		if h == nil || w.prio > h.prio || (w.prio == h.prio && w.seq < h.seq) {
+			h = w
+		}
+	}
+	return h
+}
+
+// signal wakes the waiters to look again at who is the head. q.mu held.
+func (q *Queue) signal() {
+	if q.changed != nil {
+		close(q.changed)
+	}
+	q.changed = make(chan struct{})
 }
