@@ -426,8 +426,10 @@ func (s *guestServer) handle(c net.Conn) {
 			break
 		}
 	}
-	if res != nil && res.Duration > 0 {
-		s.history.Record(s.kernel, req.Dir, res.Duration)
+	if res != nil && res.Duration > res.Boot {
+		// The package's own time: the first one in a guest is also
+		// charged its boot.
+		s.history.Record(s.kernel, req.Dir, res.Duration-res.Boot)
 	}
 	var out bytes.Buffer
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -118,8 +119,9 @@ func (s *Store) Record(kernel, pkg string, d time.Duration) {
 }
 
 // Save merges this run's durations into the file as it is now (another run
-// may have written it meanwhile) and replaces it whole, so that a reader
-// never sees half a file.
+// may have written it meanwhile), forgets the packages whose directory is
+// gone, and replaces the file whole, so that a reader never sees half a
+// file.
 func (s *Store) Save() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -132,6 +134,13 @@ func (s *Store) Save() error {
 	}
 	for k, e := range s.changed {
 		m[k] = e
+	}
+	for k := range m {
+		// A package whose directory is gone (a temporary module, a
+		// removed checkout) will not run again.
+		if _, err := os.Stat(k.Package); errors.Is(err, fs.ErrNotExist) {
+			delete(m, k)
+		}
 	}
 	f := file{Version: version, Entries: make([]fileEntry, 0, len(m))}
 	for k, e := range m {
