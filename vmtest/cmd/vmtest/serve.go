@@ -181,11 +181,9 @@ func (s *guestServer) accept() {
 // take returns an idle live session of the pool, marked busy, for a
 // request expected to run for expect: one that is idle, else a new one if
 // the pool has room and a guest slot is free, else the first that becomes
-// idle. The longest expected goes first (the first to come among equals),
-// among this kernel's waiting requests and across kernels: an idle guest
-// is ended rather than used when a package of another kernel that takes
-// over twice as long waits for its slot. So a long package does not start last and run alone at the
-// end while the other guests have nothing left to do.
+// idle. Among waiting requests the longest expected goes first (the first
+// to come among equals), so that a long package does not start last and run
+// alone at the end.
 func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, error) {
 	s.mu.Lock()
 	s.seq++
@@ -217,22 +215,11 @@ func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, 
 		first := s.first() == me
 		if first {
 			for _, sv := range s.pool {
-				if sv.busy {
-					continue
+				if !sv.busy {
+					sv.busy = true
+					s.mu.Unlock()
+					return sv, nil
 				}
-				if top, ok := s.slots.Top(); ok && top > 2*expect.Seconds() {
-					// A package of another kernel that takes over
-					// twice as long waits for a guest slot: it gets
-					// this guest's, and this package a guest later
-					// (among packages of about the same length, a
-					// guest up already is worth more than the order).
-					s.debugf("a package of %.0fs waits for a slot: ending an idle guest for it", top)
-					s.remove(sv)
-					break
-				}
-				sv.busy = true
-				s.mu.Unlock()
-				return sv, nil
 			}
 		}
 		room := len(s.pool) < max(s.f.vms, 1)

@@ -170,16 +170,6 @@ func (q *Queue) Acquire(ctx context.Context, prio float64) (*Slot, error) {
 	}
 }
 
-// Top returns the highest priority of the waits now, if any wait.
-func (q *Queue) Top() (float64, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if h := q.head(); h != nil {
-		return h.prio, true
-	}
-	return 0, false
-}
-
 // head is the waiter that may take a slot. q.mu held.
 func (q *Queue) head() *waiter {
 	var h *waiter
