@@ -19,6 +19,7 @@ import (
 	"github.com/skbstore/skbstore/images"
 	"github.com/skbstore/skbstore/vmtest"
 	"github.com/skbstore/skbstore/vmtest/internal/history"
+	"github.com/skbstore/skbstore/vmtest/internal/line"
 	"github.com/skbstore/skbstore/vmtest/internal/slots"
 )
 
@@ -54,14 +55,15 @@ type guestServer struct {
 	ln    net.Listener
 	wg    sync.WaitGroup
 
-	mu      sync.Mutex
-	pool    []*served     // live sessions
-	idle    chan struct{} // closed and renewed when a session becomes idle
-	changed chan struct{} // the same, and when a request stops waiting
-	waiting []*request    // requests waiting for a session
-	seq     uint64        // of the requests, in the order they came
-	boots   int
-	errs    []error
+	// waiting are the requests waiting for a session, the longest
+	// expected first.
+	waiting line.Line
+
+	mu    sync.Mutex
+	pool  []*served     // live sessions
+	idle  chan struct{} // closed and renewed when a session becomes idle
+	boots int
+	errs  []error
 }
 
 // serverConfig is what a guest server serves.
@@ -77,12 +79,6 @@ type serverConfig struct {
 	// each package's time here.
 	history *history.Store
 	slots   *slots.Queue
-}
-
-// request is a package waiting for a guest.
-type request struct {
-	expect time.Duration // how long it ran last time
-	seq    uint64
 }
 
 // served is a session of the pool and its guest slot.
@@ -127,7 +123,7 @@ func startGuestServer(ctx context.Context, cfg serverConfig) (*guestServer, erro
 	if err != nil {
 		return nil, err
 	}
-	s := &guestServer{serverConfig: cfg, ctx: ctx, sock: filepath.Join(sockDir, "s"), idle: make(chan struct{}), changed: make(chan struct{})}
+	s := &guestServer{serverConfig: cfg, ctx: ctx, sock: filepath.Join(sockDir, "s"), idle: make(chan struct{})}
 	s.waits, s.stop = context.WithCancel(ctx)
 	if s.ln, err = net.Listen("unix", s.sock); err != nil {
 		os.RemoveAll(sockDir)
@@ -185,23 +181,10 @@ func (s *guestServer) accept() {
 // to come among equals), so that a long package does not start last and run
 // alone at the end.
 func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, error) {
-	s.mu.Lock()
-	s.seq++
-	me := &request{expect: expect, seq: s.seq}
-	s.waiting = append(s.waiting, me)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		for i, r := range s.waiting {
-			if r == me {
-				s.waiting = append(s.waiting[:i], s.waiting[i+1:]...)
-				break
-			}
-		}
-		s.signal(false)
-		s.mu.Unlock()
-	}()
+	me := s.waiting.Join(expect.Seconds())
+	defer s.waiting.Leave(me)
 	for {
+		changed := s.waiting.Changed()
 		s.mu.Lock()
 		var dead []*served
 		for _, sv := range s.pool {
@@ -212,7 +195,7 @@ func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, 
 		for _, sv := range dead {
 			s.remove(sv)
 		}
-		first := s.first() == me
+		first := s.waiting.First(me)
 		if first {
 			for _, sv := range s.pool {
 				if !sv.busy {
@@ -223,11 +206,13 @@ func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, 
 			}
 		}
 		room := len(s.pool) < max(s.f.vms, 1)
-		idle, changed := s.idle, s.changed
+		idle := s.idle
 		s.debugf("no idle guest of %d for a package of %.0fs (first in line: %v); room for another: %v", len(s.pool), expect.Seconds(), first, room)
 		s.mu.Unlock()
 		if !room {
 			select {
+			case <-idle:
+				continue
 			case <-changed:
 				continue
 			case <-ctx.Done():
@@ -250,10 +235,7 @@ func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, 
 		select {
 		case sv := <-got:
 			cancel()
-			s.mu.Lock()
-			mine := s.first() == me
-			s.mu.Unlock()
-			if mine {
+			if s.waiting.First(me) {
 				return sv, nil
 			}
 			s.release(sv)
@@ -290,28 +272,6 @@ func (s *guestServer) take(ctx context.Context, expect time.Duration) (*served, 
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// first is the waiting request that gets the next guest. s.mu held.
-func (s *guestServer) first() *request {
-	var f *request
-	for _, r := range s.waiting {
-		if f == nil || r.expect > f.expect || (r.expect == f.expect && r.seq < f.seq) {
-			f = r
-		}
-	}
-	return f
-}
-
-// signal wakes the waiting requests to look again: for a session that
-// became idle (idle), or another request that stopped waiting. s.mu held.
-func (s *guestServer) signal(idle bool) {
-	if idle {
-		close(s.idle)
-		s.idle = make(chan struct{})
-	}
-	close(s.changed)
-	s.changed = make(chan struct{})
 }
 
 // errPoolFull: the guest slot came when the pool had no room any more.
@@ -359,7 +319,8 @@ func (s *guestServer) release(sv *served) {
 	if !sv.sess.Alive() {
 		s.remove(sv)
 	}
-	s.signal(true)
+	close(s.idle)
+	s.idle = make(chan struct{})
 }
 
 // remove takes sv out of the pool and ends it in the background. s.mu held.

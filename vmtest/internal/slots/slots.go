@@ -9,10 +9,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/skbstore/skbstore/vmtest/internal/line"
 )
 
 // Slot is a held slot; Release frees it.
@@ -106,15 +107,7 @@ type Queue struct {
 	Dir string
 	N   int
 
-	mu      sync.Mutex
-	seq     uint64
-	waiting []*waiter
-	changed chan struct{} // closed and renewed when the head may have changed
-}
-
-type waiter struct {
-	prio float64
-	seq  uint64
+	line line.Line
 }
 
 // Acquire takes a slot for a wait of priority prio (higher goes first),
@@ -125,40 +118,20 @@ func (q *Queue) Acquire(ctx context.Context, prio float64) (*Slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	q.mu.Lock()
-	q.seq++
-	w := &waiter{prio: prio, seq: q.seq}
-	q.waiting = append(q.waiting, w)
-	q.signal()
-	q.mu.Unlock()
-	defer func() {
-		q.mu.Lock()
-		for i, o := range q.waiting {
-			if o == w {
-				q.waiting = append(q.waiting[:i], q.waiting[i+1:]...)
-				break
-			}
-		}
-		q.signal()
-		q.mu.Unlock()
-	}()
+	me := q.line.Join(prio)
+	defer q.line.Leave(me)
 	delay := 10 * time.Millisecond
 	for {
-		q.mu.Lock()
-		head := q.head() == w
-		changed := q.changed
-		q.mu.Unlock()
-		if head {
+		changed := q.line.Changed()
+		var tick <-chan time.Time
+		if q.line.First(me) {
 			if s := try(files); s != nil {
 				return s, nil
 			}
-		} else {
-			delay = 10 * time.Millisecond // the next time it is the head, it tries at once
-		}
-		var tick <-chan time.Time
-		if head {
 			tick = time.After(delay)
 			delay = backoff(delay)
+		} else {
+			delay = 10 * time.Millisecond // the next time it is first, it tries at once
 		}
 		select {
 		case <-ctx.Done():
@@ -168,23 +141,4 @@ func (q *Queue) Acquire(ctx context.Context, prio float64) (*Slot, error) {
 		case <-tick:
 		}
 	}
-}
-
-// head is the waiter that may take a slot. q.mu held.
-func (q *Queue) head() *waiter {
-	var h *waiter
-	for _, w := range q.waiting {
-		if h == nil || w.prio > h.prio || (w.prio == h.prio && w.seq < h.seq) {
-			h = w
-		}
-	}
-	return h
-}
-
-// signal wakes the waiters to look again at who is the head. q.mu held.
-func (q *Queue) signal() {
-	if q.changed != nil {
-		close(q.changed)
-	}
-	q.changed = make(chan struct{})
 }

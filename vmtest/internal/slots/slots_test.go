@@ -54,11 +54,7 @@ func TestAcquireHonoursContext(t *testing.T) {
 // waitQueued waits until q has n waits.
 func waitQueued(t *testing.T, q *Queue, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		return len(q.waiting) == n
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return q.line.Len() == n }, 5*time.Second, time.Millisecond)
 }
 
 func TestQueueOrder(t *testing.T) {
