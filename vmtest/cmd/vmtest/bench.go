@@ -182,10 +182,13 @@ type bench struct {
 }
 
 // benchArch is what the boots of one guest architecture use: the base
-// images of both inits, the trivial test and the floor's initramfs.
+// images of both inits, the trivial test and the floor's initramfs, without
+// and with the trivial test.
 type benchArch struct {
-	base, otherBase   string
-	trivial, floorImg string
+	base, otherBase string
+	trivial         string
+	floorImg        string
+	floorTestImg    string
 }
 
 // forArch builds (once) what guests of arch boot.
@@ -203,7 +206,7 @@ func (b *bench) forArch(ctx context.Context, arch string) (*benchArch, error) {
 	if a.otherBase, err = images.Base(ctx, otherOpts); err != nil {
 		return nil, err
 	}
-	if a.trivial, a.floorImg, err = benchBinaries(ctx, filepath.Join(b.tmp, arch), arch); err != nil {
+	if err = a.build(ctx, filepath.Join(b.tmp, arch), arch); err != nil {
 		return nil, err
 	}
 	b.arches[arch] = a
@@ -214,6 +217,8 @@ func (b *bench) forArch(ctx context.Context, arch string) (*benchArch, error) {
 type benchRow struct {
 	kernel, release                   string
 	floor, runner, first, boot, other time.Duration
+	// floorTest is the floor that also runs the trivial test binary.
+	floorTest time.Duration
 	// Medians on the guest kernel's clock: start of /init, and /init to
 	// power-off, for the floor and the runner.
 	floorInit, floorUser, runInit, runUser float64
@@ -242,8 +247,8 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		return err
 	}
 	opts := b.f.options(p, a.base)
-	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: a.trivial, Args: []string{"-test.v=test2json", "-test.run", "^TestPass$"}}}
-	var floors, runs, firsts, boots, others []time.Duration
+	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: a.trivial, Args: trivialArgs}}
+	var floors, floorTests, runs, firsts, boots, others []time.Duration
 	var floorInits, floorUsers, runInits, runUsers []float64
 	var rss int64
 	var accel string
@@ -266,19 +271,30 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		}
 		return res, nil
 	}
+	// floorKind boots img as the floor; its console is kept when it fails.
+	floorKind := func(kind, img string, i int) (*vmtest.FloorResult, error) {
+		fl, err := vmtest.Floor(ctx, opts, img)
+		if err == nil && img == a.floorTestImg {
+			err = floorTestErr(fl.Console)
+		}
+		if err != nil {
+			if fl != nil {
+				kept := b.failedDir(name, kind, i)
+				if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
+					err = fmt.Errorf("%w (console in %s)", err, kept)
+				}
+			}
+			return nil, err
+		}
+		return fl, nil
+	}
 	kinds := []struct {
 		name string
 		boot func(i int) (string, error)
 	}{
 		{"floor", func(i int) (string, error) {
-			fl, err := vmtest.Floor(ctx, opts, a.floorImg)
+			fl, err := floorKind("floor", a.floorImg, i)
 			if err != nil {
-				if fl != nil {
-					kept := b.failedDir(name, "floor", i)
-					if os.MkdirAll(kept, 0o755) == nil && os.WriteFile(filepath.Join(kept, "console.log"), []byte(fl.Console), 0o644) == nil {
-						err = fmt.Errorf("%w (console in %s)", err, kept)
-					}
-				}
 				return "", err
 			}
 			floors = append(floors, fl.Duration)
@@ -288,6 +304,14 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			}
 			accel = fl.Accel.Name
 			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
+		}},
+		{"floor+test", func(i int) (string, error) {
+			fl, err := floorKind("floor-test", a.floorTestImg, i)
+			if err != nil {
+				return "", err
+			}
+			floorTests = append(floorTests, fl.Duration)
+			return fmt.Sprintf("floor+test %.2fs", fl.Duration.Seconds()), nil
 		}},
 		{"runner", func(i int) (string, error) {
 			res, err := runKind("init-"+b.f.init, a.base, i)
@@ -332,11 +356,11 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		}
 		fmt.Fprintf(os.Stderr, "bench %s #%d: %s\n", name, i+1, strings.Join(done, ", "))
 	}
-	if len(floors) == 0 || len(runs) == 0 || len(others) == 0 {
+	if len(floors) == 0 || len(floorTests) == 0 || len(runs) == 0 || len(others) == 0 {
 		b.failures = append(b.failures, fmt.Sprintf("kernel %s: no row, every boot of a kind failed", name))
 		return nil
 	}
-	b.rows = append(b.rows, benchRow{kernel: name, release: p.kernel.Release, floor: median(floors), runner: median(runs),
+	b.rows = append(b.rows, benchRow{kernel: name, release: p.kernel.Release, floor: median(floors), floorTest: median(floorTests), runner: median(runs),
 		first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
 		floorInit: median(floorInits), floorUser: medianOr(floorUsers, -1), runInit: median(runInits), runUser: medianOr(runUsers, -1)})
 	return nil
@@ -386,14 +410,18 @@ func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) s
 	var w strings.Builder
 	fmt.Fprintf(&w, "## Runner against the floor (median of %d boots each, accelerator %s, %d vCPU, %d MiB)\n\n", b.n, accel, max(f.cpus, 1), f.memory)
 	w.WriteString("Floor: the same kernel and QEMU machine booting a static /init that powers off at once.\n")
+	w.WriteString("Floor+test: the same /init first running the trivial test binary from the initramfs, with nothing set up: what any\n")
+	w.WriteString("runner of a Go test pays at least (a second Go program started under the same emulation); runner/(floor+test) is vmtest's own share.\n")
 	fmt.Fprintf(&w, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, b.otherInit)
 	w.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
 	w.WriteString("on the console (floor / runner). Under software emulation absolute times mean little: compare the ratios.\n\n")
-	fmt.Fprintf(&w, "| kernel | release | floor | runner | runner/floor | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
-	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&w, "| kernel | release | floor | floor+test | runner | runner/floor | (floor+test)/floor | runner/(floor+test) | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
+	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range b.rows {
-		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2f | %.2fs / %.2fs | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
-			r.floor.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(), r.floorInit, r.runInit, secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
+		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2fs | %.2f | %.2f | %.2f | %.2fs / %.2fs | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+			r.floor.Seconds(), r.floorTest.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(),
+			r.floorTest.Seconds()/r.floor.Seconds(), r.runner.Seconds()/r.floorTest.Seconds(),
+			r.floorInit, r.runInit, secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
 			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&w, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
@@ -435,50 +463,85 @@ func median[T cmp.Ordered](xs []T) T {
 	return s[len(s)/2]
 }
 
-// benchBinaries builds the trivial test binary and the floor's initramfs
-// for guests of arch.
-func benchBinaries(ctx context.Context, tmp, arch string) (trivial, floorImg string, err error) {
+// trivialArgs run the trivial test binary's one passing test, as go test
+// -json would.
+var trivialArgs = []string{"-test.v=test2json", "-test.run", "^TestPass$"}
+
+// floorTestPassed is what floorinit prints when its test passed.
+const floorTestPassed = "floorinit: test passed"
+
+// build builds the trivial test binary and the floor's initramfs, without
+// and with that test, for guests of arch.
+func (a *benchArch) build(ctx context.Context, tmp, arch string) error {
 	src, err := images.SourceDir(ctx, "")
 	if err != nil {
-		return "", "", err
+		return err
 	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return "", "", err
+		return err
 	}
-	trivial = filepath.Join(tmp, "trivial.test")
+	a.trivial = filepath.Join(tmp, "trivial.test")
 	floorBin := filepath.Join(tmp, "floorinit")
 	for _, b := range [][]string{
-		{"test", "-c", "-o", trivial, "./vmtest/testdata/sample"},
+		{"test", "-c", "-o", a.trivial, "./vmtest/testdata/sample"},
 		{"build", "-trimpath", "-ldflags=-s -w", "-o", floorBin, "./vmtest/internal/floorinit"},
 	} {
 		cmd := exec.CommandContext(ctx, "go", b...)
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+arch)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("go %s: %w: %s", strings.Join(b, " "), err, out)
+			return fmt.Errorf("go %s: %w: %s", strings.Join(b, " "), err, out)
 		}
 	}
-	data, err := os.ReadFile(floorBin)
+	initBin, err := os.ReadFile(floorBin)
 	if err != nil {
-		return "", "", err
+		return err
 	}
-	floorImg = filepath.Join(tmp, "floor.cpio")
-	fimg, err := os.Create(floorImg)
+	a.floorImg = filepath.Join(tmp, "floor.cpio")
+	if err := writeFloorImage(a.floorImg, initBin, nil); err != nil {
+		return err
+	}
+	// The test binary as the runner gives it (no DWARF, -keep-dwarf aside).
+	test, _, err := images.File{Host: a.trivial, StripDWARF: true}.Contents()
 	if err != nil {
-		return "", "", err
+		return err
 	}
-	defer fimg.Close()
-	w := cpio.NewDedupWriter(cpio.Newc.Writer(fimg))
-	recs := []cpio.Record{
+	a.floorTestImg = filepath.Join(tmp, "floor-test.cpio")
+	return writeFloorImage(a.floorTestImg, initBin, []cpio.Record{
+		cpio.StaticRecord(test, cpio.Info{Name: "test", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(test)), NLink: 1}),
+		cpio.StaticFile("test.args", strings.Join(trivialArgs, "\n")+"\n", 0o644),
+	})
+}
+
+// floorTestErr says why a floor+test boot whose console is con does not
+// count: its test did not run and pass, so its time would be no reference.
+func floorTestErr(con string) error {
+	if strings.Contains(con, floorTestPassed) {
+		return nil
+	}
+	l := strings.Split(strings.TrimSpace(con), "\n")
+	return fmt.Errorf("the trivial test did not pass: %s", strings.Join(l[max(0, len(l)-5):], " | "))
+}
+
+// writeFloorImage writes a floor's initramfs: /dev/console, init as /init
+// and extra.
+func writeFloorImage(path string, initBin []byte, extra []cpio.Record) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := cpio.NewDedupWriter(cpio.Newc.Writer(f))
+	recs := append([]cpio.Record{
 		cpio.Directory("dev", 0o755),
 		cpio.CharDev("dev/console", 0o600, 5, 1),
-		cpio.StaticRecord(data, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(data)), NLink: 1}),
+		cpio.StaticRecord(initBin, cpio.Info{Name: "init", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(initBin)), NLink: 1}),
+	}, extra...)
+	err = cpio.WriteRecordsAndDirs(w, recs)
+	if err == nil {
+		err = cpio.WriteTrailer(w)
 	}
-	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
-		return "", "", err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := cpio.WriteTrailer(w); err != nil {
-		return "", "", err
-	}
-	return trivial, floorImg, nil
+	return err
 }
