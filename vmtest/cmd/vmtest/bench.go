@@ -36,9 +36,11 @@ func benchCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: vmtest bench [flags]\n\n"+
 			"With -cold, first fetches each -kernel (comma-separated or \"all\") into an empty cache and builds\n"+
 			"the base image into an empty cache, timing both (your cache is not touched). Then, for each\n"+
-			"kernel, boots -n times a trivial static /init that powers off (the floor), -n times the runner\n"+
-			"with a trivial test and -n times the same with the other -init, interleaved, and prints medians:\n"+
-			"QEMU start to exit, the ratio runner/floor, the kernel's boot and user space on the guest's own\n"+
+			"kernel, boots -n times a trivial static /init that powers off (the floor), -n times the same\n"+
+			"/init running the trivial test binary first (floor+test: what starting any Go test costs), -n\n"+
+			"times the runner with the trivial test and -n times the same with the other -init, interleaved,\n"+
+			"and prints medians: QEMU start to exit, the ratios runner/floor and runner/(floor+test) (vmtest's\n"+
+			"own share), the kernel's boot and user space on the guest's own\n"+
 			"clock, QEMU start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
 			"over all the kernels one at a time and -vms at a time. Then times real vmtest runs (workloads):\n"+
 			"a module of -packages small packages on the first kernel and, with -workload, your go test on\n"+
