@@ -40,8 +40,8 @@ func benchCmd(ctx context.Context, args []string) error {
 			"/init running the trivial test binary first (floor+test: what starting any Go test costs), -n\n"+
 			"times the runner with the trivial test and -n times the same with the other -init, interleaved,\n"+
 			"and prints medians: QEMU start to exit, the ratios runner/floor and runner/(floor+test) (vmtest's\n"+
-			"own share), the kernel's boot and user space on the guest's own\n"+
-			"clock, QEMU start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
+			"own share), the kernel's boot and user space on the guest's own clock, QEMU start to the first\n"+
+			"test event and QEMU's peak memory. Then runs the trivial test\n"+
 			"over all the kernels one at a time and -vms at a time. Then times real vmtest runs (workloads):\n"+
 			"a module of -packages small packages on the first kernel and, with -workload, your go test on\n"+
 			"every kernel that booted (per suite: its guest time and, where it publishes case_fixed_ms\n"+
