@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/skbstore/skbstore/vmtest/internal/proto"
 )
@@ -13,11 +14,18 @@ import (
 // KernelTimes are points on the guest kernel's own clock (seconds since it
 // started), read from its console: they split a boot into the kernel's part
 // and user space's, which host-side times cannot. Zero means not seen.
+// InitAfter is the same start of /init on the host's clock.
 type KernelTimes struct {
 	// Init is when the kernel started /init: the end of its own boot.
 	Init float64
 	// PowerOff is when the kernel began to power the machine off.
 	PowerOff float64
+	// InitAfter is the time from QEMU's start to the console's "Run /init"
+	// line, on the host's clock (0 when not timed). Unlike Init it does not
+	// depend on when the kernel's clock starts: under emulation the fast TSC
+	// calibration against the PIT mostly fails and the kernel's clock then
+	// starts some 0.25 s later into its boot than when it works.
+	InitAfter time.Duration
 }
 
 // UserSpace is the time from /init to power-off, when both were seen.
@@ -50,6 +58,9 @@ type console struct {
 	lines func(string)
 	// kernel is set once the kernel printed a line of its own.
 	kernel bool
+	// start is when QEMU started, for times on the host's clock; zero
+	// when the lines are analysed afterwards.
+	start time.Time
 }
 
 // maxConsoleLine is how much of a console line is kept for analysis; the log
@@ -118,6 +129,9 @@ func (c *console) add(line string) {
 	switch {
 	case strings.Contains(line, "] Run /init as init process"):
 		c.times.Init, _ = kernelTime(line)
+		if !c.start.IsZero() {
+			c.times.InitAfter = time.Since(c.start)
+		}
 	case strings.Contains(line, "] reboot: Power down"), strings.Contains(line, "] "+proto.PowerOffLine):
 		c.times.PowerOff, _ = kernelTime(line)
 	}

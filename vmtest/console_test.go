@@ -1,7 +1,9 @@
 package vmtest
 
 import (
+	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 
@@ -35,4 +37,27 @@ func TestKernelTimesFromConsole(t *testing.T) {
 	none.add("[    0.5] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
 	assert.Zero(t, none.kernelTimes().Init)
 	assert.Zero(t, none.kernelTimes().UserSpace(), "no user space without both ends")
+	assert.Zero(t, k.InitAfter, "lines analysed afterwards are not timed")
+}
+
+// The start of /init on the host's clock is when its line arrives, counted
+// from the console's start, whatever the kernel's own clock says.
+func TestInitAfterOnHostClock(t *testing.T) {
+	c := newConsole(5)
+	c.start = time.Now().Add(-3 * time.Second)
+	r, w := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		c.copy(r, io.Discard)
+		close(done)
+	}()
+	_, _ = io.WriteString(w, "[    0.000000] Linux version 6.1.0-56-cloud-amd64\r\n[    0.2] Run /init as init")
+	time.Sleep(50 * time.Millisecond) // the line is not whole yet
+	_, _ = io.WriteString(w, " process\r\n")
+	w.Close()
+	<-done
+	k := c.kernelTimes()
+	assert.InDelta(t, 0.2, k.Init, 1e-9)
+	assert.GreaterOrEqual(t, k.InitAfter, 3*time.Second+50*time.Millisecond)
+	assert.Less(t, k.InitAfter, time.Minute)
 }

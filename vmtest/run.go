@@ -622,6 +622,7 @@ func boot(ctx context.Context, qemu, initrd string, drives []drive, accel AccelC
 		conOut = io.MultiWriter(conOut, opts.Console)
 	}
 	start := time.Now()
+	con.start = start
 	err = cmd.Start()
 	guestEnd.Close()
 	stdoutW.Close()
@@ -778,17 +779,23 @@ func Floor(ctx context.Context, opts Options, initramfs string) (*FloorResult, e
 	args := qemuArgs(opts, res.Accel, initramfs, nil, -1)
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// The console is read as it comes, so that its lines are timed.
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
 	var out strings.Builder
-	cmd.Stdout = &cappedWriter{w: &out, n: 1 << 20}
-	cmd.Stderr = cmd.Stdout
+	con := newConsole(1)
 	start := time.Now()
+	con.start = start
+	copied := make(chan struct{})
+	go func() {
+		con.copy(pr, &cappedWriter{w: &out, n: 1 << 20})
+		close(copied)
+	}()
 	err = cmd.Run()
 	res.Duration = time.Since(start)
+	pw.Close()
+	<-copied
 	res.Console = out.String()
-	con := newConsole(1)
-	for _, l := range strings.Split(res.Console, "\n") {
-		con.add(l)
-	}
 	res.Kernel = con.kernelTimes()
 	why := lastLines(res.Console, 5)
 	if p := con.panicLine(); p != "" {

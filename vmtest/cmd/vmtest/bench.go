@@ -40,8 +40,8 @@ func benchCmd(ctx context.Context, args []string) error {
 			"/init running the trivial test binary first (floor+test: what starting any Go test costs), -n\n"+
 			"times the runner with the trivial test and -n times the same with the other -init, interleaved,\n"+
 			"and prints medians: QEMU start to exit, the ratios runner/floor and runner/(floor+test) (vmtest's\n"+
-			"own share), the kernel's boot and user space on the guest's own clock, QEMU start to the first\n"+
-			"test event and QEMU's peak memory. Then runs the trivial test\n"+
+			"own share), QEMU start to /init (host clock), /init to power-off (the guest's clock), QEMU\n"+
+			"start to the first test event and QEMU's peak memory. Then runs the trivial test\n"+
 			"over all the kernels one at a time and -vms at a time. Then times real vmtest runs (workloads):\n"+
 			"a module of -packages small packages on the first kernel and, with -workload, your go test on\n"+
 			"every kernel that booted (per suite: its guest time and, where it publishes case_fixed_ms\n"+
@@ -221,11 +221,13 @@ type benchRow struct {
 	floor, runner, first, boot, other time.Duration
 	// floorTest is the floor that also runs the trivial test binary.
 	floorTest time.Duration
-	// Medians on the guest kernel's clock: start of /init, and /init to
-	// power-off, for the floor and the runner.
-	floorInit, floorUser, runInit, runUser float64
-	rss                                    int64
-	accel                                  string
+	// Medians of the time from QEMU's start to /init (host clock) and of
+	// /init to power-off (the guest kernel's clock), for the floor and
+	// the runner.
+	floorInit, runInit time.Duration
+	floorUser, runUser float64
+	rss                int64
+	accel              string
 }
 
 // failedDir is where the logs of a failed boot are kept.
@@ -251,7 +253,8 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 	opts := b.f.options(p, a.base)
 	opts.Commands = []vmtest.Command{{ID: "trivial", Binary: a.trivial, Args: trivialArgs}}
 	var floors, floorTests, runs, firsts, boots, others []time.Duration
-	var floorInits, floorUsers, runInits, runUsers []float64
+	var floorInits, runInits []time.Duration
+	var floorUsers, runUsers []float64
 	var rss int64
 	var accel string
 	// runKind boots the trivial test with base; a failed boot's logs are
@@ -300,12 +303,12 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 				return "", err
 			}
 			floors = append(floors, fl.Duration)
-			floorInits = append(floorInits, fl.Kernel.Init)
+			floorInits = append(floorInits, fl.Kernel.InitAfter)
 			if u := fl.Kernel.UserSpace(); u > 0 {
 				floorUsers = append(floorUsers, u)
 			}
 			accel = fl.Accel.Name
-			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.Init), nil
+			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.InitAfter.Seconds()), nil
 		}},
 		{"floor+test", func(i int) (string, error) {
 			fl, err := floorKind("floor-test", a.floorTestImg, i)
@@ -323,12 +326,12 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			runs = append(runs, res.Duration)
 			firsts = append(firsts, res.FirstOutput)
 			boots = append(boots, res.Boot)
-			runInits = append(runInits, res.Kernel.Init)
+			runInits = append(runInits, res.Kernel.InitAfter)
 			if u := res.Kernel.UserSpace(); u > 0 {
 				runUsers = append(runUsers, u)
 			}
 			rss = max(rss, res.QEMUMaxRSS)
-			return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.Init), nil
+			return fmt.Sprintf("runner %.2fs (/init at %.2fs)", res.Duration.Seconds(), res.Kernel.InitAfter.Seconds()), nil
 		}},
 		{"init " + b.otherInit, func(i int) (string, error) {
 			res, err := runKind("init-"+b.otherInit, a.otherBase, i)
@@ -336,7 +339,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 				return "", err
 			}
 			others = append(others, res.Duration)
-			return fmt.Sprintf("with init %s %.2fs (/init at %.2fs)", b.otherInit, res.Duration.Seconds(), res.Kernel.Init), nil
+			return fmt.Sprintf("with init %s %.2fs (/init at %.2fs)", b.otherInit, res.Duration.Seconds(), res.Kernel.InitAfter.Seconds()), nil
 		}},
 	}
 	for i := 0; i < b.n; i++ {
@@ -415,15 +418,17 @@ func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) s
 	w.WriteString("Floor+test: the same /init first running the trivial test binary from the initramfs, with nothing set up: what any\n")
 	w.WriteString("runner of a Go test pays at least (a second Go program started under the same emulation); runner/(floor+test) is vmtest's own share.\n")
 	fmt.Fprintf(&w, "Runner: vmtest with init %q (-init), the guest agent and a trivial Go test; the last columns run the same with init %q.\n", f.init, b.otherInit)
-	w.WriteString("Times are QEMU start to exit; \"kernel to /init\" and \"/init to power-off\" are read from the guest kernel's clock\n")
-	w.WriteString("on the console (floor / runner). Under software emulation absolute times mean little: compare the ratios.\n\n")
-	fmt.Fprintf(&w, "| kernel | release | floor | floor+test | runner | runner/floor | (floor+test)/floor | runner/(floor+test) | kernel to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
+	w.WriteString("Times are QEMU start to exit; \"QEMU start to /init\" is when the console showed the kernel starting /init, on the\n")
+	w.WriteString("host's clock (the kernel's own clock starts at a point of its boot that varies under emulation), \"/init to power-off\"\n")
+	w.WriteString("is read from the guest kernel's clock on the console (floor / runner). Under software emulation absolute times\n")
+	w.WriteString("mean little, and one run's medians move by a tenth from run to run on a busy machine: compare the ratios.\n\n")
+	fmt.Fprintf(&w, "| kernel | release | floor | floor+test | runner | runner/floor | (floor+test)/floor | runner/(floor+test) | QEMU start to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
 	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range b.rows {
 		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2fs | %.2f | %.2f | %.2f | %.2fs / %.2fs | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
 			r.floor.Seconds(), r.floorTest.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(),
 			r.floorTest.Seconds()/r.floor.Seconds(), r.runner.Seconds()/r.floorTest.Seconds(),
-			r.floorInit, r.runInit, secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
+			r.floorInit.Seconds(), r.runInit.Seconds(), secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
 			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&w, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",

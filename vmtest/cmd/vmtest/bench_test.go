@@ -58,7 +58,9 @@ func TestFloorTest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fl, err := vmtest.Floor(ctx, opts, tc.img)
 			require.NoError(t, err, "the floor powers off whatever its test did")
-			t.Logf("%s: %s", tc.name, fl.Duration)
+			t.Logf("%s: %s, /init after %s", tc.name, fl.Duration, fl.Kernel.InitAfter)
+			assert.Positive(t, fl.Kernel.InitAfter, "the console's Run /init line is timed")
+			assert.Less(t, fl.Kernel.InitAfter, fl.Duration)
 			assert.Equal(t, tc.passed, floorTestErr(fl.Console) == nil, "console:\n%s", fl.Console)
 			assert.Equal(t, tc.ran, strings.Contains(fl.Console, "floorinit: test "), "console:\n%s", fl.Console)
 			if tc.passed {
