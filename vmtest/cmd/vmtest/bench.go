@@ -303,7 +303,9 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 				return "", err
 			}
 			floors = append(floors, fl.Duration)
-			floorInits = append(floorInits, fl.Kernel.InitAfter)
+			if fl.Kernel.InitAfter > 0 {
+				floorInits = append(floorInits, fl.Kernel.InitAfter)
+			}
 			if u := fl.Kernel.UserSpace(); u > 0 {
 				floorUsers = append(floorUsers, u)
 			}
@@ -326,7 +328,9 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			runs = append(runs, res.Duration)
 			firsts = append(firsts, res.FirstOutput)
 			boots = append(boots, res.Boot)
-			runInits = append(runInits, res.Kernel.InitAfter)
+			if res.Kernel.InitAfter > 0 {
+				runInits = append(runInits, res.Kernel.InitAfter)
+			}
 			if u := res.Kernel.UserSpace(); u > 0 {
 				runUsers = append(runUsers, u)
 			}
@@ -343,7 +347,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		}},
 	}
 	for i := 0; i < b.n; i++ {
-		// Each boot kind goes first, second and third in turn, so whatever
+		// Each boot kind takes each place of the round in turn, so whatever
 		// the previous boot leaves on the host weighs on all of them alike.
 		var done []string
 		for k := range kinds {
@@ -367,7 +371,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 	}
 	b.rows = append(b.rows, benchRow{kernel: name, release: p.kernel.Release, floor: median(floors), floorTest: median(floorTests), runner: median(runs),
 		first: median(firsts), boot: median(boots), other: median(others), rss: rss, accel: accel,
-		floorInit: median(floorInits), floorUser: medianOr(floorUsers, -1), runInit: median(runInits), runUser: medianOr(runUsers, -1)})
+		floorInit: medianOr(floorInits, -1), floorUser: medianOr(floorUsers, -1), runInit: medianOr(runInits, -1), runUser: medianOr(runUsers, -1)})
 	return nil
 }
 
@@ -425,10 +429,10 @@ func (b *bench) render(kernels int, seq, par time.Duration, coldReport string) s
 	fmt.Fprintf(&w, "| kernel | release | floor | floor+test | runner | runner/floor | (floor+test)/floor | runner/(floor+test) | QEMU start to /init | /init to power-off | first test event | agent up | QEMU peak RSS | init %s | ratio |\n", b.otherInit)
 	w.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range b.rows {
-		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2fs | %.2f | %.2f | %.2f | %.2fs / %.2fs | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
+		fmt.Fprintf(&w, "| %s | %s | %.2fs | %.2fs | %.2fs | %.2f | %.2f | %.2f | %s / %s | %s / %s | %.2fs | %.2fs | %d MiB | %.2fs | %.2f |\n", r.kernel, r.release,
 			r.floor.Seconds(), r.floorTest.Seconds(), r.runner.Seconds(), r.runner.Seconds()/r.floor.Seconds(),
 			r.floorTest.Seconds()/r.floor.Seconds(), r.runner.Seconds()/r.floorTest.Seconds(),
-			r.floorInit.Seconds(), r.runInit.Seconds(), secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
+			secondsOrNA(r.floorInit.Seconds()), secondsOrNA(r.runInit.Seconds()), secondsOrNA(r.floorUser), secondsOrNA(r.runUser),
 			r.first.Seconds(), r.boot.Seconds(), r.rss>>20, r.other.Seconds(), r.other.Seconds()/r.floor.Seconds())
 	}
 	fmt.Fprintf(&w, "\n## Matrix of %d kernels, trivial test\n\n| guests at a time | wall |\n|---:|---:|\n| 1 | %.1fs |\n| %d | %.1fs |\n",
