@@ -276,10 +276,11 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		}
 		return res, nil
 	}
-	// floorKind boots img as the floor; its console is kept when it fails.
-	floorKind := func(kind, img string, i int) (*vmtest.FloorResult, error) {
+	// floorKind boots img as the floor (withTest: one that must have run
+	// the trivial test); its console is kept when it fails.
+	floorKind := func(kind, img string, withTest bool, i int) (*vmtest.FloorResult, error) {
 		fl, err := vmtest.Floor(ctx, opts, img)
-		if err == nil && img == a.floorTestImg {
+		if err == nil && withTest {
 			err = floorTestErr(fl.Console)
 		}
 		if err != nil {
@@ -298,7 +299,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 		boot func(i int) (string, error)
 	}{
 		{"floor", func(i int) (string, error) {
-			fl, err := floorKind("floor", a.floorImg, i)
+			fl, err := floorKind("floor", a.floorImg, false, i)
 			if err != nil {
 				return "", err
 			}
@@ -313,7 +314,7 @@ func (b *bench) kernel(ctx context.Context, name string) error {
 			return fmt.Sprintf("floor %.2fs (/init at %.2fs)", fl.Duration.Seconds(), fl.Kernel.InitAfter.Seconds()), nil
 		}},
 		{"floor+test", func(i int) (string, error) {
-			fl, err := floorKind("floor-test", a.floorTestImg, i)
+			fl, err := floorKind("floor-test", a.floorTestImg, true, i)
 			if err != nil {
 				return "", err
 			}
@@ -518,10 +519,16 @@ func (a *benchArch) build(ctx context.Context, tmp, arch string) error {
 		return err
 	}
 	a.floorTestImg = filepath.Join(tmp, "floor-test.cpio")
-	return writeFloorImage(a.floorTestImg, initBin, []cpio.Record{
+	return writeFloorImage(a.floorTestImg, initBin, floorTestRecords(test, trivialArgs))
+}
+
+// floorTestRecords are what makes floorinit run test with args: /test and
+// /test.args, an argument a line.
+func floorTestRecords(test []byte, args []string) []cpio.Record {
+	return []cpio.Record{
 		cpio.StaticRecord(test, cpio.Info{Name: "test", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(test)), NLink: 1}),
-		cpio.StaticFile("test.args", strings.Join(trivialArgs, "\n")+"\n", 0o644),
-	})
+		cpio.StaticFile("test.args", strings.Join(args, "\n")+"\n", 0o644),
+	}
 }
 
 // floorTestErr says why a floor+test boot whose console is con does not

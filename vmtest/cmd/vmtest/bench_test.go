@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/u-root/mkuimage/cpio"
 
 	"github.com/skbstore/skbstore/vmtest"
 )
@@ -40,10 +39,7 @@ func TestFloorTest(t *testing.T) {
 	test, err := os.ReadFile(a.trivial)
 	require.NoError(t, err)
 	failing := filepath.Join(tmp, "floor-failing.cpio")
-	require.NoError(t, writeFloorImage(failing, initBin, []cpio.Record{
-		cpio.StaticRecord(test, cpio.Info{Name: "test", Mode: cpio.S_IFREG | 0o755, FileSize: uint64(len(test)), NLink: 1}),
-		cpio.StaticFile("test.args", "-test.no-such-flag\n", 0o644),
-	}))
+	require.NoError(t, writeFloorImage(failing, initBin, floorTestRecords(test, []string{"-test.no-such-flag"})))
 
 	opts := f.options(p, "")
 	for _, tc := range []struct {

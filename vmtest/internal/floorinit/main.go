@@ -32,7 +32,7 @@ func main() {
 func runTest() {
 	var args []string
 	if b, err := os.ReadFile("/test.args"); err == nil {
-		args = strings.Fields(string(b))
+		args = strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' })
 	}
 	cmd := exec.Command("/test", args...)
 	// The tests that run only in a vmtest guest look for this.
